@@ -1,0 +1,197 @@
+"""The admin API (aiohttp): read the state, flip it, health, readiness, metrics, and its own OpenAPI document.
+
+Handlers validate input and delegate the decision to `routing` through the state holder; errors are JSON
+`{"error": ...}` with a message a person can act on. It listens on its own port, never behind the Ingress.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from . import routing
+from .log import log
+from .metrics import CONTENT_TYPE, Metrics
+from .openapi import OPENAPI
+from .routing import Color, RoutingError
+from .settings import Settings
+from .state import StateHolder
+from .stores import StoreError
+
+logger = logging.getLogger("bgproxy.admin")
+MAX_BODY = 4096
+MAX_REASON = 1024
+
+HOLDER = web.AppKey("holder", StateHolder)
+METRICS = web.AppKey("metrics", Metrics)
+SETTINGS = web.AppKey("settings", Settings)
+ReadyCheck = Callable[[], bool]
+READY: web.AppKey[ReadyCheck] = web.AppKey("ready")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own errors (404, 405, 413) as JSON, like ours."""
+    try:
+        return await handler(request)
+    except web.HTTPRequestEntityTooLarge:
+        return error(413, f"request body too large: at most {MAX_BODY} bytes")
+    except web.HTTPMethodNotAllowed as exc:
+        resp = error(
+            405, f"{request.method} not allowed on {request.path}; use {', '.join(sorted(exc.allowed_methods))}"
+        )
+        resp.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
+        return resp
+    except web.HTTPNotFound:
+        return error(404, f"no such endpoint {request.path}; see /openapi.json")
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            return error(exc.status, exc.reason)
+        raise
+
+
+def _authorized(request: web.Request) -> bool:
+    token = request.app[SETTINGS].admin_token
+    if token is None:
+        return True
+    given = request.headers.get("Authorization", "")
+    scheme, _, value = given.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.get_secret_value().encode())
+
+
+def state_body(request: web.Request) -> dict[str, Any]:
+    holder, settings = request.app[HOLDER], request.app[SETTINGS]
+    body = holder.current.to_dict()
+    urls = {Color.BLUE: settings.blue_url, Color.GREEN: settings.green_url}
+    healthy = request.app[METRICS].healthy
+    body["backends"] = {
+        c.value: {"url": up.url if (up := urls[c]) is not None else None, "healthy": healthy[c]} for c in Color
+    }
+    return body
+
+
+async def get_state(request: web.Request) -> web.Response:
+    return web.json_response(state_body(request))
+
+
+async def get_history(request: web.Request) -> web.Response:
+    return web.json_response({"history": list(request.app[HOLDER].history)})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    if request.app[READY]():
+        return web.json_response({"status": "ready"})
+    return web.json_response({"status": "not ready"}, status=503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(OPENAPI)
+
+
+async def _read_body(request: web.Request, *, required: tuple[str, ...]) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        if required:
+            raise _BadRequest(f"expected a JSON object with {', '.join(repr(k) for k in required)}")
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise _BadRequest("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise _BadRequest("expected a JSON object")
+    unknown = set(body) - {"to", "reason"}
+    if unknown:
+        raise _BadRequest(f"unknown field(s) {', '.join(sorted(unknown))}; allowed: 'to', 'reason'")
+    for key in required:
+        if key not in body:
+            raise _BadRequest(f"missing field {key!r}")
+    reason = body.get("reason", "")
+    if not isinstance(reason, str) or len(reason) > MAX_REASON:
+        raise _BadRequest(f"'reason' must be a string of at most {MAX_REASON} characters")
+    return body
+
+
+class _BadRequest(Exception):
+    pass
+
+
+def _flip(kind: str) -> Handler:
+    async def handler(request: web.Request) -> web.Response:
+        if not _authorized(request):
+            return web.json_response(
+                {"error": "missing or wrong bearer token: send 'Authorization: Bearer <BGPROXY_ADMIN_TOKEN>'"},
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="bgproxy"'},
+            )
+        try:
+            body = await _read_body(request, required=("to",) if kind == "switch" else ())
+            if kind != "switch" and "to" in body:
+                raise _BadRequest(f"/{kind} takes no 'to'; use /switch to name a colour")
+            to = Color.parse(body["to"]) if kind == "switch" else None
+        except (_BadRequest, RoutingError) as exc:
+            return error(400, str(exc))
+        reason = body.get("reason", "")
+
+        def decide(state: routing.State) -> routing.State:
+            now = time.time()
+            if to is not None:
+                return routing.switch(state, to, source="admin", reason=reason, now=now)
+            if kind == "promote":
+                return routing.promote(state, source="admin", reason=reason, now=now)
+            return routing.rollback(state, source="admin", reason=reason, now=now)
+
+        holder = request.app[HOLDER]
+        before = holder.current
+        try:
+            after = await holder.change(decide)
+        except RoutingError as exc:
+            return error(409, str(exc))
+        except StoreError as exc:
+            log(logger, "flip_failed", level=logging.ERROR, kind=kind, error=str(exc))
+            return error(503, f"the state store refused the change, nothing was switched: {exc}")
+        if after is before:
+            log(logger, "flip_noop", kind=kind, active=after.active.value)
+        return web.json_response(state_body(request))
+
+    return handler
+
+
+def build_admin_app(
+    settings: Settings, holder: StateHolder, metrics_: Metrics, ready: Callable[[], bool]
+) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors])
+    app[SETTINGS] = settings
+    app[HOLDER] = holder
+    app[METRICS] = metrics_
+    app[READY] = ready
+    app.router.add_get("/state", get_state)
+    app.router.add_post("/switch", _flip("switch"))
+    app.router.add_post("/promote", _flip("promote"))
+    app.router.add_post("/rollback", _flip("rollback"))
+    app.router.add_get("/history", get_history)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
+    return app

@@ -1,0 +1,146 @@
+"""The composition root: build the store, the state holder, the data plane and the admin API; start and drain.
+
+Start order matters: the admin port comes up first (liveness answers, readiness says no), then the state is
+loaded, then the data plane listens, so a replica never serves a guessed colour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import resource
+import signal
+
+from aiohttp import web
+
+from .admin import build_admin_app
+from .log import log
+from .metrics import Metrics
+from .proxy import ProxyServer
+from .settings import Settings
+from .state import StateHolder
+from .stores import open_store
+
+logger = logging.getLogger("bgproxy.app")
+
+
+class Bgproxy:
+    """One running bgproxy: `async with Bgproxy(settings) as app:` serves until the block ends."""
+
+    def __init__(self, settings: Settings) -> None:
+        settings.require_upstreams()
+        self.settings = settings
+        self.metrics = Metrics()
+        self.store = open_store(settings, self.metrics)
+        self.holder = StateHolder(self.store, self.metrics, initial_active=settings.initial_active)
+        self.proxy: ProxyServer | None = None
+        self.draining = False
+        self._admin_runner: web.AppRunner | None = None
+        self._admin_site: web.TCPSite | None = None
+        self._follow: asyncio.Task[None] | None = None
+
+    def ready(self) -> bool:
+        return self.holder.loaded and self.proxy is not None and not self.draining
+
+    async def start(self) -> None:
+        s = self.settings
+        _raise_open_files_limit(s.max_connections)
+        admin = build_admin_app(s, self.holder, self.metrics, self.ready)
+        self._admin_runner = web.AppRunner(admin, access_log=None, handle_signals=False)
+        await self._admin_runner.setup()
+        self._admin_site = web.TCPSite(self._admin_runner, s.admin_listen.host, s.admin_listen.port, reuse_address=True)
+        await self._admin_site.start()
+        await self.holder.load()
+        self._follow = asyncio.create_task(self._follow_store(), name="bgproxy-follow-store")
+        proxy = ProxyServer(s, self.holder, self.metrics)
+        await proxy.start()
+        self.proxy = proxy
+        log(
+            logger,
+            "listening",
+            listen=f"{s.listen.host}:{self.port}",
+            admin=f"{s.admin_listen.host}:{self.admin_port}",
+            active=self.holder.current.active.value,
+            store=self.store.name,
+        )
+
+    async def _follow_store(self) -> None:
+        try:
+            await self.holder.follow()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("state store change stream died; flips made elsewhere are no longer applied")
+            raise
+
+    @property
+    def port(self) -> int:
+        assert self.proxy is not None
+        return self.proxy.port
+
+    @property
+    def admin_port(self) -> int:
+        assert self._admin_site is not None and self._admin_site._server is not None
+        sockets = getattr(self._admin_site._server, "sockets", None) or []
+        port: int = sockets[0].getsockname()[1] if sockets else self.settings.admin_listen.port
+        return port
+
+    async def drain(self) -> None:
+        """SIGTERM: not ready at once, keep accepting for the grace period, then finish in-flight work."""
+        if self.draining:
+            return
+        self.draining = True
+        s = self.settings
+        log(logger, "draining", grace=s.drain_grace, timeout=s.drain_timeout)
+        if self.proxy is not None:
+            self.proxy.draining = True  # responses now carry Connection: close
+            await asyncio.sleep(s.drain_grace)  # endpoints take this long to stop sending us traffic
+            await self.proxy.drain(timeout=s.drain_timeout)
+
+    async def stop(self) -> None:
+        if self._follow is not None:
+            self._follow.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._follow
+        if self.proxy is not None:
+            await self.proxy.close()
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
+        await self.store.close()
+        log(logger, "stopped")
+
+    async def __aenter__(self) -> Bgproxy:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then drain and exit cleanly."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with Bgproxy(settings) as app:
+        await stop.wait()
+        await app.drain()
+
+
+def _raise_open_files_limit(max_connections: int) -> None:
+    # Each client connection may hold an upstream one too; leave room for the admin port and files.
+    want = max_connections * 2 + 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return
+    new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if new > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    if new < want:
+        log(logger, "open_files_limit", level=logging.WARNING, limit=new, wanted=want)

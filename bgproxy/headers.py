@@ -1,0 +1,45 @@
+"""Header rules shared by both directions of the data plane (RFC 9110 §7.6.1 hop-by-hop headers).
+
+Names are compared as lower-case bytes, straight from the parser, with no decoding on the hot path.
+"""
+
+from __future__ import annotations
+
+# Never forwarded as received: hop-by-hop, or framing that the proxy declares itself from what it parsed.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+    }
+)
+RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
+# X-Forwarded-For is rewritten (appended to) rather than passed through.
+REQUEST_DROP = RESPONSE_DROP | {b"x-forwarded-for"}
+_CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade", b""})
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+
+def connection_tokens(value: bytes) -> frozenset[bytes]:
+    """Header names listed in a Connection header, beyond the options everyone uses: they are hop-by-hop too."""
+    names = {t.strip().lower() for t in value.split(b",")}
+    return frozenset(names - _CONNECTION_OPTIONS)
+
+
+def drop_named(headers: list[tuple[bytes, bytes]], drop: frozenset[bytes]) -> list[bytes]:
+    """Header lines, in order, without the named ones; repeated headers stay separate lines."""
+    out: list[bytes] = []
+    for name, value in headers:
+        if name.lower() not in drop:
+            out += (name, b": ", value, b"\r\n")
+    return out
+
+
+def has_token(value: bytes, token: bytes) -> bool:
+    return any(t.strip().lower() == token for t in value.split(b","))

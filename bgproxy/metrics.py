@@ -1,0 +1,121 @@
+"""Prometheus metrics, in one private registry served on the admin port.
+
+The per-request figures (requests, durations, in-flight) are plain integers in one `ColorStats` per colour,
+turned into metric families only when Prometheus scrapes: the data plane pays a dict update and a bisect per
+request instead of prometheus-client's locks. Everything rarer uses prometheus-client's own objects.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.process_collector import ProcessCollector
+
+from .routing import Color, State
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Seconds; proxied requests are usually milliseconds, websockets and downloads can last minutes.
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, float("inf"))
+ERROR_KINDS = ("connect", "timeout", "reset", "protocol")
+
+
+class ColorStats:
+    """Counters of one colour, updated by the data plane without any lookup by label."""
+
+    __slots__ = ("buckets", "color", "inflight", "requests", "sum")
+
+    def __init__(self, color: Color) -> None:
+        self.color = color
+        self.inflight = 0
+        self.requests: dict[tuple[bytes, int], int] = {}
+        self.buckets = [0] * len(BUCKETS)
+        self.sum = 0.0
+
+    def done(self, method: bytes, code: int, seconds: float) -> None:
+        # llhttp accepts only its fixed list of methods and a status is 100-999: the keys stay few.
+        key = (method, code)
+        requests = self.requests
+        requests[key] = requests.get(key, 0) + 1
+        self.buckets[bisect_left(BUCKETS, seconds)] += 1
+        self.sum += seconds
+
+
+class _DataPlaneCollector:
+    def __init__(self, stats: dict[Color, ColorStats]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "bgproxy_requests",
+            "Requests answered, by colour, method and status code",
+            labels=("color", "method", "code"),
+        )
+        duration = HistogramMetricFamily(
+            "bgproxy_request_duration_seconds", "Time from request head to end of response", labels=("color",)
+        )
+        inflight = GaugeMetricFamily("bgproxy_inflight_requests", "Requests being answered", labels=("color",))
+        for color, st in self._stats.items():
+            for (method, code), n in sorted(st.requests.items()):
+                requests.add_metric([color.value, method.decode("latin-1"), str(code)], n)
+            cumulative, buckets = 0, []
+            for bound, n in zip(BUCKETS, st.buckets, strict=True):
+                cumulative += n
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            duration.add_metric([color.value], buckets, st.sum)
+            inflight.add_metric([color.value], st.inflight)
+        yield requests
+        yield duration
+        yield inflight
+
+
+class Metrics:
+    """All of bgproxy's metrics; one instance per process, passed to whoever records."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.colors = {c: ColorStats(c) for c in Color}
+        self.registry.register(_DataPlaneCollector(self.colors))
+        ProcessCollector(registry=self.registry)
+        r = self.registry
+        self.upstream_errors = Counter(
+            "bgproxy_upstream_errors", "Upstream failures by colour and kind", ("color", "kind"), registry=r
+        )
+        self.active_color = Gauge(
+            "bgproxy_active_color", "1 for the active colour, 0 otherwise", ("color",), registry=r
+        )
+        self.switches = Counter(
+            "bgproxy_switches", "Flips applied, by source and target colour", ("source", "to"), registry=r
+        )
+        self.state_revision = Gauge("bgproxy_state_revision", "Revision of the routing state", registry=r)
+        self.config_errors = Counter(
+            "bgproxy_config_errors", "Invalid state values received and ignored, by source", ("source",), registry=r
+        )
+        self.watch_connected = Gauge(
+            "bgproxy_configmap_watch_connected", "1 while the ConfigMap watch is connected", registry=r
+        )
+        self.backend_up = Gauge(
+            "bgproxy_backend_up", "1 while the colour's upstream is considered healthy", ("color",), registry=r
+        )
+        # Children resolved once, so that an error on the data plane costs one attribute lookup.
+        self.error_counters = {(c, k): self.upstream_errors.labels(c.value, k) for c in Color for k in ERROR_KINDS}
+        self.healthy = dict.fromkeys(Color, True)
+        for c in Color:
+            self.backend_up.labels(c.value).set(1)
+
+    def set_healthy(self, color: Color, healthy: bool) -> None:
+        if self.healthy[color] is not healthy:
+            self.healthy[color] = healthy
+            self.backend_up.labels(color.value).set(1 if healthy else 0)
+
+    def state_changed(self, state: State, *, flipped: bool) -> None:
+        for c in Color:
+            self.active_color.labels(c.value).set(1 if c is state.active else 0)
+        self.state_revision.set(state.revision)
+        if flipped:
+            self.switches.labels(state.source, state.active.value).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

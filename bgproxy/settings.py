@@ -1,0 +1,245 @@
+"""The one place configuration is read: environment variables `BGPROXY_*`, overridden by command-line flags.
+
+Everything else receives a `Settings` object. A bad value raises `SettingsError` whose message names the
+variable and the form it expects; the CLI prints it and exits 2 before anything listens.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, NamedTuple
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .routing import Color
+
+ENV_PREFIX = "BGPROXY_"
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+class SettingsError(Exception):
+    """A configuration problem, worded for the operator who set the variable."""
+
+
+class Address(NamedTuple):
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+class Upstream(NamedTuple):
+    """A colour's base URL, split once so the data plane never parses it again."""
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def host_header(self) -> str:
+        default = 443 if self.scheme == "https" else 80
+        return self.host if self.port == default else f"{self.host}:{self.port}"
+
+
+def _address(value: object) -> Address:
+    if isinstance(value, Address):
+        return value
+    text = str(value).strip()
+    m = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d{1,5})|([^:\[\]\s]+):(\d{1,5})", text)
+    if not m:
+        raise ValueError(f"expected HOST:PORT such as 0.0.0.0:8080, got {text!r}")
+    host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+    if not 0 <= int(port) <= 65535:
+        raise ValueError(f"port must be 0-65535, got {port}")
+    return Address(host, int(port))
+
+
+def _upstream(value: object) -> Upstream:
+    if isinstance(value, Upstream):
+        return value
+    text = str(value).strip()
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http:// or https:// URL such as http://app-blue:8080, got {text!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"expected a base URL without path, query or credentials, got {text!r}")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise ValueError(f"port must be 1-65535 in {text!r}") from None
+    if port == 0:
+        raise ValueError(f"port must be 1-65535 in {text!r}")
+    return Upstream(url=f"{parts.scheme}://{parts.netloc}", scheme=parts.scheme, host=parts.hostname, port=port)
+
+
+def _header_name(value: str) -> str:
+    if value and not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", value):
+        raise ValueError(f"expected an HTTP header name (letters, digits, '-'), got {value!r}")
+    return value
+
+
+def _cookie_name(value: str) -> str:
+    if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", value):
+        raise ValueError(f"expected a cookie name (letters, digits, '-', '_'), got {value!r}")
+    return value
+
+
+AddressField = Annotated[Address, AfterValidator(_address)]
+Seconds = Annotated[float, Field(gt=0, le=86400)]
+
+
+class Settings(BaseSettings):
+    """Every knob of bgproxy; the table in the README mirrors these fields."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+
+    blue_url: Upstream | None = None
+    """Base URL of the blue upstream (required for `serve`)."""
+    green_url: Upstream | None = None
+    listen: Address = Address("0.0.0.0", 8080)
+    """Data plane address."""
+    admin_listen: Address = Address("127.0.0.1", 9090)
+    """Admin API, health and metrics. Loopback by default: it can flip production traffic."""
+    admin_token: SecretStr | None = None
+    """Bearer token for mutating admin calls; required when the admin address is not loopback."""
+    admin_token_file: Path | None = None
+    """Read the token from this file (a mounted Secret) instead."""
+    admin_url: str = "http://127.0.0.1:9090"
+    """Where the `status/switch/promote/rollback` commands find the admin API."""
+    initial_active: Color = Color.BLUE
+    """Active colour when the store holds no state yet."""
+    state_backend: Literal["memory", "file", "configmap"] = "file"
+    state_file: Path = Path("bgproxy-state.json")
+    configmap_name: str = Field("bgproxy-state", pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+    configmap_namespace: str | None = Field(None, pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    """Defaults to the pod's own namespace (from the service account), else `default`."""
+    preview_header: Annotated[str, AfterValidator(_header_name)] = "X-Preview"
+    preview_cookie: Annotated[str, AfterValidator(_cookie_name)] = "bg-preview"
+    color_header: Annotated[str, AfterValidator(_header_name)] = "X-Bg-Color"
+    """Response header naming the colour that served; empty turns it off."""
+    upstream_connect_timeout: Seconds = 2.0
+    """Seconds to open an upstream connection; then 502."""
+    upstream_read_timeout: Seconds = 60.0
+    """Seconds of upstream silence while a response is awaited or streamed; then 504 (or a cut response)."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = "json"
+    access_log: bool = False
+    """One line per request; off by default because it costs on every request."""
+    drain_grace: Annotated[float, Field(ge=0, le=3600)] = 5.0
+    """Seconds to keep accepting after SIGTERM while not ready (endpoints take time to update)."""
+    drain_timeout: Annotated[float, Field(ge=0, le=3600)] = 30.0
+    """Seconds to let in-flight requests finish after the listener closes."""
+    health_path: str | None = Field(None, pattern=r"^/[^\s]*$")
+    health_interval: Seconds = 2.0
+    max_request_line: Annotated[int, Field(ge=256, le=1 << 20)] = 8192
+    """Bytes of method + target beyond which the answer is 414."""
+    max_header_bytes: Annotated[int, Field(ge=1024, le=1 << 24)] = 32768
+    """Bytes of request headers beyond which the answer is 431."""
+    header_timeout: Seconds = 10.0
+    """Seconds a client has to send a complete request head."""
+    idle_timeout: Seconds = 60.0
+    """Seconds a keep-alive client may stay idle between requests."""
+    max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 10000
+    """Client connections held at once; beyond it new ones are closed at once."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse_compound(cls, data: Any) -> Any:
+        # Addresses and URLs arrive as strings from env and flags; parse them here so errors carry the field.
+        if isinstance(data, dict):
+            for key, parse in (
+                ("listen", _address),
+                ("admin_listen", _address),
+                ("blue_url", _upstream),
+                ("green_url", _upstream),
+            ):
+                if isinstance(data.get(key), str):
+                    try:
+                        data[key] = parse(data[key])
+                    except ValueError as exc:
+                        raise ValueError(f"{key}: {exc}") from None
+            for key in ("admin_token", "admin_token_file", "health_path"):
+                if data.get(key) == "":
+                    data[key] = None
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.admin_token_file is not None:
+            try:
+                token = self.admin_token_file.read_text().strip()
+            except OSError as exc:
+                raise ValueError(f"admin_token_file: cannot read {self.admin_token_file}: {exc.strerror}") from None
+            if not token:
+                raise ValueError(f"admin_token_file: {self.admin_token_file} is empty")
+            self.admin_token = SecretStr(token)
+        if self.admin_token is not None and not self.admin_token.get_secret_value():
+            self.admin_token = None
+        if not self.admin_listen.is_loopback and self.admin_token is None:
+            raise ValueError(
+                f"admin_token: required because admin_listen {self.admin_listen} is not loopback "
+                f"(set {ENV_PREFIX}ADMIN_TOKEN or {ENV_PREFIX}ADMIN_TOKEN_FILE)"
+            )
+        if self.blue_url is not None and self.blue_url == self.green_url:
+            raise ValueError("green_url: must differ from blue_url, or a flip would change nothing")
+        return self
+
+    @property
+    def namespace(self) -> str:
+        if self.configmap_namespace:
+            return self.configmap_namespace
+        try:
+            return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
+        except OSError:
+            return "default"
+
+    def require_upstreams(self) -> tuple[Upstream, Upstream]:
+        missing = [f"{ENV_PREFIX}{n.upper()}" for n in ("blue_url", "green_url") if getattr(self, n) is None]
+        if missing:
+            raise SettingsError(
+                f"{' and '.join(missing)} required: the upstream base URL(s), e.g. http://app-blue:8080"
+            )
+        assert self.blue_url is not None and self.green_url is not None
+        return self.blue_url, self.green_url
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Environment plus flag overrides (flags win); every error names the variable it came from."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-after", "constrained"))]
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        field = loc[0] if loc else ""
+        if not field and ":" in msg.split(" ", 1)[0]:
+            field, msg = msg.split(":", 1)
+            msg = msg.strip()
+        name = f"{ENV_PREFIX}{field.upper()}" if field else "settings"
+        flag = f" (--{field.replace('_', '-')})" if field else ""
+        got = err.get("input")
+        secret = "token" in field  # never echo a token, even a malformed one
+        shown = "" if secret or got is None or isinstance(got, dict) or "got " in msg else f", got {got!r}"
+        lines.append(f"invalid {name}{flag}: {msg}{shown}")
+    return "; ".join(lines)

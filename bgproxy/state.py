@@ -1,0 +1,113 @@
+"""The holder of the current routing state: the one object a flip swaps.
+
+The data plane reads `holder.current` once per request. Flips are decided by the pure functions in
+`routing`, written to the store with the revision they were based on, and only then swapped in, so memory
+and store never disagree. Flips made by others (another replica, GitOps) arrive through `store.changes()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from . import routing
+from .log import log
+from .metrics import Metrics
+from .routing import Color, State
+from .stores import Store, StoreConflict, StoreError
+
+logger = logging.getLogger("bgproxy.state")
+HISTORY_SIZE = 100
+MAX_CONFLICT_RETRIES = 5
+
+Decision = Callable[[State], State]
+
+
+class StateHolder:
+    def __init__(self, store: Store, metrics: Metrics, *, initial_active: Color) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.initial_active = initial_active
+        self.current = routing.initial_state(initial_active, now=time.time())
+        self.loaded = False
+        self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_SIZE)
+        self._lock = asyncio.Lock()
+
+    async def load(self) -> State:
+        """Read the stored state, or store the initial one; until then the proxy is not ready."""
+        async with self._lock:
+            stored = await self.store.load()
+            if stored is None:
+                fresh = routing.initial_state(self.initial_active, now=time.time())
+                try:
+                    stored = await self.store.write(fresh, expected_revision=-1)
+                except StoreConflict as exc:
+                    stored = exc.current
+            self._swap(stored, flipped=False)
+            self.loaded = True
+            log(logger, "state_loaded", store=self.store.name, active=stored.active.value, revision=stored.revision)
+            return stored
+
+    async def change(self, decide: Decision) -> State:
+        """Apply a decision through the store; on a conflict decide again from the newer state."""
+        async with self._lock:
+            for _ in range(MAX_CONFLICT_RETRIES):
+                base = self.current
+                new = decide(base)
+                if new is base:
+                    return base
+                try:
+                    stored = await self.store.write(new, expected_revision=base.revision)
+                except StoreConflict as exc:
+                    log(logger, "state_conflict", level=logging.WARNING, revision=exc.current.revision)
+                    self._apply(exc.current)
+                    continue
+                self._apply(stored)
+                return stored
+            raise StoreError("the state kept changing concurrently; try again")
+
+    def apply_external(self, state: State) -> None:
+        """A state written by someone else; the older of two revisions never wins."""
+        if state.revision < self.current.revision:
+            return
+        self._apply(state)
+
+    async def follow(self) -> None:
+        """Apply the store's stream of changes made elsewhere; runs until cancelled."""
+        async for state in self.store.changes():
+            self.apply_external(state)
+
+    def _apply(self, new: State) -> None:
+        old = self.current
+        if new == old:
+            return
+        flipped = new.active is not old.active
+        self._swap(new, flipped=flipped)
+        if flipped:
+            self.history.appendleft(
+                {
+                    "when": new.updated_at,
+                    "from": old.active.value,
+                    "to": new.active.value,
+                    "revision": new.revision,
+                    "source": new.source,
+                    "reason": new.reason,
+                }
+            )
+        log(
+            logger,
+            "switch" if flipped else "state_updated",
+            old=old.active.value,
+            new=new.active.value,
+            revision=new.revision,
+            source=new.source,
+            reason=new.reason,
+        )
+
+    def _swap(self, new: State, *, flipped: bool) -> None:
+        self.current = new
+        self.metrics.state_changed(new, flipped=flipped)

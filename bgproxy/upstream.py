@@ -1,0 +1,334 @@
+"""The upstream side of the data plane: one keep-alive pool per colour and the protocol that reads responses.
+
+An `UpstreamConnection` serves one exchange at a time. It parses the response with httptools, rewrites only
+the head (hop-by-hop headers out, the colour header in, framing re-declared) and passes body bytes straight
+to the client, everything one `data_received` produced in one `writelines`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from .headers import RESPONSE_DROP, connection_tokens, drop_named
+from .metrics import ColorStats
+from .routing import Color
+from .settings import Upstream
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter
+
+    from .proxy import ClientConnection, Exchange
+
+MAX_IDLE_PER_COLOR = 512
+
+
+class UpstreamPool:
+    """Everything about one colour that the hot path needs, resolved once at start-up."""
+
+    def __init__(
+        self,
+        color: Color,
+        upstream: Upstream,
+        *,
+        stats: ColorStats,
+        errors: dict[str, Counter],
+        color_header: str,
+        connect_timeout: float,
+        on_health: Callable[[Color, bool], None],
+    ) -> None:
+        self.color = color
+        self.upstream = upstream
+        self.stats = stats
+        self.errors = errors
+        self.color_line = f"{color_header}: {color.value}\r\n".encode() if color_header else b""
+        self.connect_timeout = connect_timeout
+        self.on_health = on_health
+        self.host_header = upstream.host_header.encode()
+        self._ssl = ssl.create_default_context() if upstream.scheme == "https" else None
+        self.idle: list[UpstreamConnection] = []
+
+    def take(self) -> UpstreamConnection | None:
+        """The most recently used idle connection: the least likely to have been closed by the upstream."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                return conn
+        return None
+
+    def put(self, conn: UpstreamConnection) -> None:
+        if len(self.idle) < MAX_IDLE_PER_COLOR:
+            self.idle.append(conn)
+        else:
+            conn.transport.close()
+
+    def discard(self, conn: UpstreamConnection) -> None:
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+
+    async def connect(self) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        up = self.upstream
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: UpstreamConnection(self), up.host, up.port, ssl=self._ssl
+                )
+        except (OSError, TimeoutError):
+            self.on_health(self.color, False)  # a passive signal; active probes refine it
+            raise
+        self.on_health(self.color, True)
+        return conn
+
+    def close(self) -> None:
+        for conn in self.idle:
+            conn.transport.close()
+        self.idle.clear()
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One TCP connection to an upstream; bound to a client exchange while a request is on it."""
+
+    transport: asyncio.Transport
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.closed = False
+        self.parser = httptools.HttpResponseParser(self)
+        self.client: ClientConnection | None = None
+        self.ex: Exchange | None = None
+        self.tunnel: ClientConnection | None = None
+        self.used = 0  # requests sent on this connection, to know whether a failure may be a stale reuse
+        self.got_bytes = False
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._reason = b""
+        self._out: list[bytes] = []
+        self._chunked_out = False
+        self._delimited = True  # the response has Content-Length or chunked framing
+        self._complete = False
+        self._reusable = True
+        self._keep_alive = False
+
+    # -- binding ------------------------------------------------------------------------------------------
+
+    def bind(self, client: ClientConnection, ex: Exchange) -> None:
+        self.client = client
+        self.ex = ex
+        self.used += 1
+        self.got_bytes = False
+        self._complete = False
+        self._delimited = True
+
+    def _unbind(self) -> None:
+        self.client = None
+        self.ex = None
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+
+    def data_received(self, data: bytes) -> None:
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel.transport.write(data)
+            return
+        client = self.client
+        if client is None:
+            # An idle connection must not speak: whatever it says cannot belong to any request.
+            self.transport.close()
+            return
+        self.got_bytes = True
+        client.touch()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._flush()
+            client.start_tunnel(self, data[exc.args[0] :])
+            return
+        except httptools.HttpParserError as exc:
+            self._flush()
+            self._fail("protocol", f"invalid response: {exc}")
+            return
+        self._flush()
+        if self._complete:
+            self._finish()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        tunnel = self.tunnel
+        if tunnel is not None:
+            self.tunnel = None
+            tunnel.tunnel_closed()
+            return
+        if self.client is None:
+            self.pool.discard(self)
+            return
+        if self.ex is not None and self.ex.status and not self._delimited:
+            # Body framed by the connection's end: the end is the normal completion.
+            self._complete = True
+            self._finish()
+            return
+        self._fail("reset", "upstream closed the connection")
+
+    def pause_writing(self) -> None:
+        client = self.client or self.tunnel
+        if client is not None:
+            client.pause_reading_for_upstream()
+
+    def resume_writing(self) -> None:
+        client = self.client or self.tunnel
+        if client is not None:
+            client.resume_reading_for_upstream()
+
+    # -- httptools callbacks ------------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._headers = []
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason = reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        ex = self.ex
+        client = self.client
+        assert ex is not None and client is not None
+        status = self.parser.get_status_code()
+        if status < 200 and status != 101:
+            self._interim(status, ex)
+            return
+        out = [b"HTTP/1.1 %d %s\r\n" % (status, self._reason)]
+        length: bytes | None = None
+        chunked = False
+        conn_value: bytes | None = None
+        upgrade: bytes | None = None
+        headers = self._headers
+        for name, value in headers:
+            lname = name.lower()
+            if lname not in RESPONSE_DROP:
+                out += (name, b": ", value, b"\r\n")
+            elif lname == b"content-length":
+                length = value
+            elif lname == b"transfer-encoding":
+                chunked = True
+            elif lname == b"connection":
+                conn_value = value if conn_value is None else conn_value + b"," + value
+            elif lname == b"upgrade":
+                upgrade = value
+        if conn_value is not None:
+            extra = connection_tokens(conn_value)
+            if extra:
+                out = [out[0], *drop_named(headers, RESPONSE_DROP | extra)]
+        out.append(self.pool.color_line)
+        keep_alive = client.keep_alive_for(ex)
+        if status == 101:
+            out += (b"Connection: Upgrade\r\nUpgrade: ", upgrade or b"websocket", b"\r\n\r\n")
+            self._out += out
+            ex.status = status
+            return
+        no_body = ex.head_request or status == 204 or status == 304
+        self._chunked_out = False
+        if no_body:
+            if length is not None and status != 204:
+                out += (b"Content-Length: ", length, b"\r\n")
+        elif length is not None:
+            out += (b"Content-Length: ", length, b"\r\n")
+        elif ex.http10:
+            keep_alive = False  # an HTTP/1.0 client knows only the connection's end as framing
+        else:
+            self._chunked_out = True
+            out.append(b"Transfer-Encoding: chunked\r\n")
+        if not chunked and length is None and not no_body:
+            self._delimited = False
+        if not keep_alive:
+            out.append(b"Connection: close\r\n\r\n")
+            ex.keep_alive = False
+        elif ex.http10:
+            out.append(b"Connection: keep-alive\r\n\r\n")
+        else:
+            out.append(b"\r\n")
+        self._out += out
+        ex.status = status
+        self._keep_alive = self.parser.should_keep_alive()
+        if ex.head_request:
+            # httptools cannot be told that a HEAD response has no body: end it here, parse anew next time.
+            self._complete = True
+            self.parser = httptools.HttpResponseParser(self)
+
+    def on_body(self, body: bytes) -> None:
+        if self._complete:
+            self._reusable = False  # bytes after a bodiless response: the upstream is confused
+            return
+        if self._chunked_out:
+            self._out += (b"%x\r\n" % len(body), body, b"\r\n")
+        else:
+            self._out.append(body)
+
+    def on_message_complete(self) -> None:
+        ex = self.ex
+        if ex is None or not ex.status or ex.status == 101:
+            return  # an interim response ended; the final one follows
+        if self._chunked_out:
+            self._out.append(b"0\r\n\r\n")
+        self._complete = True
+
+    # -- helpers ------------------------------------------------------------------------------------------
+
+    def _interim(self, status: int, ex: Exchange) -> None:
+        # 100 Continue goes to a client that asked for it; other 1xx (103) only to HTTP/1.1 clients.
+        if status == 100:
+            if ex.expect_continue:
+                self._out.append(b"HTTP/1.1 100 Continue\r\n\r\n")
+        elif not ex.http10:
+            lines = [b"HTTP/1.1 %d %s\r\n" % (status, self._reason), *drop_named(self._headers, RESPONSE_DROP)]
+            self._out += (*lines, b"\r\n")
+
+    def _flush(self) -> None:
+        out = self._out
+        if out:
+            self._out = []
+            client = self.client
+            if client is not None:
+                client.transport.writelines(out)
+
+    def _finish(self) -> None:
+        """The response is complete: hand the connection back (or close it) and tell the client side."""
+        client, ex = self.client, self.ex
+        assert client is not None and ex is not None
+        self._unbind()
+        if ex.request_done and self._reusable and self._keep_alive and not self.closed:
+            self.pool.put(self)
+        elif not self.closed:
+            self.transport.close()
+        client.response_complete(ex)
+
+    def _fail(self, kind: str, reason: str) -> None:
+        client, ex = self.client, self.ex
+        self._unbind()
+        if not self.closed:
+            self.transport.close()
+        if client is not None and ex is not None:
+            client.upstream_failed(ex, self, kind, reason)
+
+    def abandon(self) -> None:
+        """The client went away mid-exchange: this request's upstream side is of no use to anyone."""
+        self._unbind()
+        if not self.closed:
+            self.transport.close()
+
+    def detach_for_tunnel(self, client: ClientConnection) -> None:
+        self._unbind()
+        self.tunnel = client

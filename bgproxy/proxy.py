@@ -496,6 +496,7 @@ class ClientConnection(asyncio.Protocol):
             if len(queue) == 1:
                 self._resume(PAUSE_QUEUE)
             self._start(queue[0])
+            self._flush()  # called from the upstream side too, where no data_received will flush
         elif self.server.draining:
             self.gone = True
             self.transport.close()

@@ -1,0 +1,174 @@
+"""Strict framing over raw sockets: ambiguous or broken requests are refused and never reach the upstream.
+
+Each smuggling attempt hides a second request (`GET /smuggled`) that a lenient parser on either side might
+see; the raw upstream records every byte it receives, so the tests check it never got there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from bgproxy.app import Bgproxy
+
+from .conftest import TIMEOUT, RawClient, RawUpstream, StartProxy
+
+SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n"
+
+
+@pytest.fixture
+async def recording_upstream() -> AsyncIterator[RawUpstream]:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await up.read_request(reader)
+            if b"chunked" in head.lower():
+                while not up.received.endswith(b"0\r\n\r\n"):
+                    data = await reader.read(65536)
+                    if not data:
+                        return
+                    up.received += data
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    async with RawUpstream(handler) as up:
+        yield up
+
+
+@pytest.fixture
+async def strict_proxy(start_proxy: StartProxy, recording_upstream: RawUpstream) -> Bgproxy:
+    return await start_proxy(
+        blue_url=recording_upstream.url, max_request_line="512", max_header_bytes="2048", header_timeout="0.5"
+    )
+
+
+CASES = {
+    "cl-and-te": (
+        b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    "te-and-cl": (
+        b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    "two-equal-cl": (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n", 400),
+    "two-different-cl": (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nContent-Length: 35\r\n\r\n", 400),
+    "cl-list": (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0, 35\r\n\r\n", 400),
+    "cl-plus-sign": (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: +35\r\n\r\n", 400),
+    "cl-negative": (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: -1\r\n\r\n", 400),
+    "two-te": (
+        b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    "te-gzip": (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+    "te-gzip-chunked": (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
+    # RFC 9112 §6.3: chunked that is not the final coding leaves the length undeterminable: 400.
+    "te-chunked-not-last": (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, identity\r\n\r\n", 400),
+    "te-xchunked": (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: xchunked\r\n\r\n", 501),
+    "te-space-before-colon": (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n", 400),
+    "te-obs-fold": (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n", 400),
+    "bad-chunk-size": (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+    "chunk-size-overflow": (
+        b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff1\r\n",
+        400,
+    ),
+    "bare-lf": (b"GET / HTTP/1.1\nHost: h\n\n", 400),
+    "nul-in-header": (b"GET / HTTP/1.1\r\nHost: h\r\nX-A: a\x00b\r\n\r\n", 400),
+    "no-host": (b"GET / HTTP/1.1\r\n\r\n", 400),
+    "two-hosts": (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    "garbage": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400),
+    "connect": (b"CONNECT internal:22 HTTP/1.1\r\nHost: internal:22\r\n\r\n", 405),
+    "long-target": (b"GET /" + b"a" * 600 + b" HTTP/1.1\r\nHost: h\r\n\r\n", 414),
+    "large-headers": (b"GET / HTTP/1.1\r\nHost: h\r\n" + b"X-Big: " + b"b" * 3000 + b"\r\n\r\n", 431),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+async def test_ambiguous_or_broken_request_is_refused_and_never_forwarded(
+    strict_proxy: Bgproxy, recording_upstream: RawUpstream, name: str
+) -> None:
+    payload, expected = CASES[name]
+    c = await RawClient.connect(strict_proxy.port)
+    try:
+        await c.send(payload + SMUGGLED)
+        status, headers, body = await c.read_response()
+        assert status == expected, body
+        assert headers["connection"] == ["close"]
+        assert await c.closed()
+    finally:
+        await c.close()
+    assert b"/smuggled" not in recording_upstream.received
+    # The head of a chunked request may have gone out before its broken body; nothing after it did.
+    assert recording_upstream.received.count(b" HTTP/1.1\r\n") <= 1
+
+
+async def test_error_after_good_requests_answers_those_first(strict_proxy: Bgproxy, recording_upstream) -> None:
+    c = await RawClient.connect(strict_proxy.port)
+    try:
+        await c.send(b"GET /one HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert (await c.read_response())[0] == 200
+        await c.send(b"GET /two HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n" + SMUGGLED)
+        assert (await c.read_response())[0] == 400
+        assert await c.closed()
+    finally:
+        await c.close()
+    assert recording_upstream.received.count(b" HTTP/1.1\r\n") == 1
+    assert b"/smuggled" not in recording_upstream.received
+
+
+async def test_body_is_reframed_exactly_by_its_content_length(strict_proxy: Bgproxy, recording_upstream) -> None:
+    """A body that looks like a request is only ever a body."""
+    c = await RawClient.connect(strict_proxy.port)
+    try:
+        await c.send(b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % len(SMUGGLED) + SMUGGLED)
+        assert (await c.read_response())[0] == 200
+    finally:
+        await c.close()
+    received = bytes(recording_upstream.received)
+    assert received.count(b" HTTP/1.1\r\n") == 2  # the POST line and, inside its body, the smuggled text
+    assert received.startswith(b"POST /upload HTTP/1.1\r\n")
+    assert received.endswith(b"Content-Length: %d\r\n\r\n" % len(SMUGGLED) + SMUGGLED)
+
+
+async def test_chunked_body_is_forwarded_chunked_with_the_same_bytes(strict_proxy: Bgproxy, recording_upstream) -> None:
+    c = await RawClient.connect(strict_proxy.port)
+    try:
+        await c.send(
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+        )
+        assert (await c.read_response())[0] == 200
+    finally:
+        await c.close()
+    received = bytes(recording_upstream.received)
+    assert b"Transfer-Encoding: chunked\r\n" in received
+    body = received.partition(b"\r\n\r\n")[2]
+    assert body == b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+
+
+async def test_slow_header_client_is_closed(strict_proxy: Bgproxy, recording_upstream) -> None:
+    c = await RawClient.connect(strict_proxy.port)
+    try:
+        await c.send(b"GET / HTTP/1.1\r\nHost: h\r\nX-Slow: ")
+        status, _, _ = await c.read_response()
+        assert status == 408
+        assert await c.closed()
+    finally:
+        await c.close()
+    assert recording_upstream.received == b""
+
+
+async def test_non_websocket_upgrade_is_ignored_and_request_served(strict_proxy: Bgproxy, recording_upstream) -> None:
+    c = await RawClient.connect(strict_proxy.port)
+    try:
+        await c.send(
+            b"GET /h2c HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+            b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\nGET /next HTTP/1.1\r\nHost: h\r\n\r\n"
+        )
+        assert (await asyncio.wait_for(c.read_response(), TIMEOUT))[0] == 200
+        assert (await asyncio.wait_for(c.read_response(), TIMEOUT))[0] == 200
+    finally:
+        await c.close()
+    received = bytes(recording_upstream.received).lower()
+    assert b"upgrade" not in received and b"http2-settings" not in received
+    assert b"get /next " in received

@@ -76,6 +76,7 @@ def state_body(request: web.Request) -> dict[str, Any]:
     body = holder.current.to_dict()
     urls = {Color.BLUE: settings.blue_url, Color.GREEN: settings.green_url}
     healthy = request.app[METRICS].healthy
+    body["store"] = holder.store.describe()
     body["backends"] = {
         c.value: {"url": up.url if (up := urls[c]) is not None else None, "healthy": healthy[c]} for c in Color
     }

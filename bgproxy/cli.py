@@ -80,10 +80,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             from .app import serve
             from .log import setup_logging
+            from .stores import StoreError
 
             settings.require_upstreams()
             setup_logging(settings.log_level, settings.log_format)
-            _run(serve(settings))
+            try:
+                _run(serve(settings))
+            except StoreError as exc:  # e.g. a corrupt state file: one clear line, not a traceback
+                print(f"bgproxy: {exc}", file=sys.stderr)
+                return 1
             return 0
     except SettingsError as exc:
         print(f"bgproxy: {exc}", file=sys.stderr)

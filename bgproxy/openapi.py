@@ -38,7 +38,8 @@ def _flip(summary: str, *, body_required: bool, properties: dict[str, Any], requ
                         "schema": {
                             "type": "object",
                             "additionalProperties": False,
-                            "required": required,
+                            # OpenAPI 3.0 forbids an empty `required` list: leave it out instead.
+                            **({"required": required} if required else {}),
                             "properties": properties,
                         }
                     }
@@ -118,7 +119,17 @@ OPENAPI: dict[str, Any] = {
         "schemas": {
             "State": {
                 "type": "object",
-                "required": ["active", "standby", "previous", "revision", "updated_at", "source", "reason", "backends"],
+                "required": [
+                    "active",
+                    "standby",
+                    "previous",
+                    "revision",
+                    "updated_at",
+                    "source",
+                    "reason",
+                    "backends",
+                    "store",
+                ],
                 "properties": {
                     "active": _COLOR,
                     "standby": _COLOR,
@@ -127,6 +138,12 @@ OPENAPI: dict[str, Any] = {
                     "updated_at": {"type": "number"},
                     "source": {"type": "string"},
                     "reason": {"type": "string"},
+                    "store": {
+                        "type": "object",
+                        "required": ["backend"],
+                        "properties": {"backend": {"type": "string", "enum": ["memory", "file", "configmap"]}},
+                        "description": "the state store; the configmap backend adds 'connected' (its watch) and more",
+                    },
                     "backends": {
                         "type": "object",
                         "additionalProperties": {

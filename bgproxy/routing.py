@@ -76,9 +76,9 @@ class State:
         if not isinstance(data, dict):
             raise ValueError(f"expected a JSON object, got {type(data).__name__}")
         try:
-            active = Color.parse(data["active"])
+            active = _color_field(data["active"], "active")
             prev_raw = data.get("previous")
-            previous = None if prev_raw is None else Color.parse(prev_raw)
+            previous = None if prev_raw is None else _color_field(prev_raw, "previous")
             revision = data.get("revision", 0)
             if not isinstance(revision, int) or isinstance(revision, bool) or revision < 0:
                 raise ValueError(f"'revision' must be a non-negative integer, got {revision!r}")
@@ -91,6 +91,13 @@ class State:
         except KeyError as exc:
             raise ValueError(f"missing key {exc.args[0]!r}") from None
         return cls(active, previous, revision, float(updated_at), source, reason)
+
+
+def _color_field(value: object, field: str) -> Color:
+    try:
+        return Color.parse(value)
+    except InvalidColor as exc:
+        raise ValueError(f"{field!r}: {exc}") from None
 
 
 def initial_state(active: Color, *, now: float) -> State:

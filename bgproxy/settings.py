@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .routing import Color
 
@@ -108,12 +108,14 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
 
-    blue_url: Upstream | None = None
+    # NoDecode on the tuple-typed fields: pydantic-settings would otherwise JSON-decode them from the environment
+    # (BGPROXY_LISTEN=0.0.0.0:8080 crashed with a traceback); `_parse_compound` parses the strings instead.
+    blue_url: Annotated[Upstream | None, NoDecode] = None
     """Base URL of the blue upstream (required for `serve`)."""
-    green_url: Upstream | None = None
-    listen: Address = Address("0.0.0.0", 8080)
+    green_url: Annotated[Upstream | None, NoDecode] = None
+    listen: Annotated[Address, NoDecode] = Address("0.0.0.0", 8080)
     """Data plane address."""
-    admin_listen: Address = Address("127.0.0.1", 9090)
+    admin_listen: Annotated[Address, NoDecode] = Address("127.0.0.1", 9090)
     """Admin API, health and metrics. Loopback by default: it can flip production traffic."""
     admin_token: SecretStr | None = None
     """Bearer token for mutating admin calls; required when the admin address is not loopback."""

@@ -71,9 +71,7 @@ class StateHolder:
             raise StoreError("the state kept changing concurrently; try again")
 
     def apply_external(self, state: State) -> None:
-        """A state written by someone else; the older of two revisions never wins."""
-        if state.revision < self.current.revision:
-            return
+        """A state written by someone else. The store delivers changes in the order they happened."""
         self._apply(state)
 
     async def follow(self) -> None:

@@ -38,7 +38,10 @@ class Store(Protocol):
         """Store `new` if the stored revision is still `expected_revision`; returns what was stored."""
 
     def changes(self) -> AsyncIterator[State]:
-        """States written by others (other replicas, GitOps), as they happen; runs until cancelled."""
+        """States written by others (other replicas, GitOps), in the order they happened; runs until cancelled."""
+
+    def describe(self) -> dict[str, object]:
+        """What /state shows about the store: at least {"backend": name}."""
 
     async def close(self) -> None: ...
 

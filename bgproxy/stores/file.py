@@ -35,6 +35,9 @@ class FileStore:
         await asyncio.Event().wait()
         yield  # type: ignore[misc]  # pragma: no cover - makes this an async generator
 
+    def describe(self) -> dict[str, object]:
+        return {"backend": self.name, "path": str(self.path)}
+
     async def close(self) -> None:
         return None
 

@@ -29,5 +29,8 @@ class MemoryStore:
         await asyncio.Event().wait()
         yield  # type: ignore[misc]  # pragma: no cover - makes this an async generator
 
+    def describe(self) -> dict[str, object]:
+        return {"backend": self.name}
+
     async def close(self) -> None:
         return None

@@ -121,9 +121,11 @@ async def _read_body(request: web.Request, *, required: tuple[str, ...]) -> dict
         raise _BadRequest("request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise _BadRequest("expected a JSON object")
-    unknown = set(body) - {"to", "reason"}
+    unknown = set(body) - {"to", "reason", "force"}
     if unknown:
-        raise _BadRequest(f"unknown field(s) {', '.join(sorted(unknown))}; allowed: 'to', 'reason'")
+        raise _BadRequest(f"unknown field(s) {', '.join(sorted(unknown))}; allowed: 'to', 'reason', 'force'")
+    if not isinstance(body.get("force", False), bool):
+        raise _BadRequest("'force' must be true or false")
     for key in required:
         if key not in body:
             raise _BadRequest(f"missing field {key!r}")
@@ -152,15 +154,15 @@ def _flip(kind: str) -> Handler:
             to = Color.parse(body["to"]) if kind == "switch" else None
         except (_BadRequest, RoutingError) as exc:
             return error(400, str(exc))
-        reason = body.get("reason", "")
+        reason, force = body.get("reason", ""), body.get("force", False)
+        healthy = request.app[METRICS].healthy
 
         def decide(state: routing.State) -> routing.State:
             now = time.time()
             if to is not None:
-                return routing.switch(state, to, source="admin", reason=reason, now=now)
-            if kind == "promote":
-                return routing.promote(state, source="admin", reason=reason, now=now)
-            return routing.rollback(state, source="admin", reason=reason, now=now)
+                return routing.switch(state, to, source="admin", reason=reason, now=now, healthy=healthy, force=force)
+            flip = routing.promote if kind == "promote" else routing.rollback
+            return flip(state, source="admin", reason=reason, now=now, healthy=healthy, force=force)
 
         holder = request.app[HOLDER]
         before = holder.current

@@ -15,6 +15,7 @@ import signal
 from aiohttp import web
 
 from .admin import build_admin_app
+from .health import HealthChecker
 from .log import log
 from .metrics import Metrics
 from .proxy import ProxyServer
@@ -34,6 +35,7 @@ class Bgproxy:
         self.metrics = Metrics()
         self.store = open_store(settings, self.metrics)
         self.holder = StateHolder(self.store, self.metrics, initial_active=settings.initial_active)
+        self.health = HealthChecker(settings, self.metrics)
         self.proxy: ProxyServer | None = None
         self.draining = False
         self._admin_runner: web.AppRunner | None = None
@@ -53,7 +55,8 @@ class Bgproxy:
         await self._admin_site.start()
         await self.holder.load()
         self._follow = asyncio.create_task(self._follow_store(), name="bgproxy-follow-store")
-        proxy = ProxyServer(s, self.holder, self.metrics)
+        await self.health.start()
+        proxy = ProxyServer(s, self.holder, self.metrics, on_health=self.health.passive)
         await proxy.start()
         self.proxy = proxy
         log(
@@ -105,6 +108,7 @@ class Bgproxy:
                 await self._follow
         if self.proxy is not None:
             await self.proxy.close()
+        await self.health.stop()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
         await self.store.close()
@@ -123,14 +127,31 @@ class Bgproxy:
 
 
 async def serve(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT, then drain and exit cleanly."""
+    """Run until SIGTERM or SIGINT, then drain and exit cleanly.
+
+    A signal that arrives while the state is still loading (e.g. the API server is unreachable) stops at once.
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with Bgproxy(settings) as app:
-        await stop.wait()
-        await app.drain()
+    app = Bgproxy(settings)
+    starting = asyncio.create_task(app.start(), name="bgproxy-start")
+    stopping = asyncio.create_task(stop.wait(), name="bgproxy-wait-for-signal")
+    try:
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            await starting  # raises if the start failed
+            await stopping
+            await app.drain()
+        else:
+            log(logger, "stopped_while_starting")
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+    finally:
+        stopping.cancel()
+        await app.stop()
 
 
 def _raise_open_files_limit(max_connections: int) -> None:

@@ -93,6 +93,12 @@ class Metrics:
         self.config_errors = Counter(
             "bgproxy_config_errors", "Invalid state values received and ignored, by source", ("source",), registry=r
         )
+        self.unhealthy_switches = Counter(
+            "bgproxy_unhealthy_switches",
+            "Flips applied to a colour that was failing its health checks (forced, or from the ConfigMap)",
+            ("source",),
+            registry=r,
+        )
         self.watch_connected = Gauge(
             "bgproxy_configmap_watch_connected", "1 while the ConfigMap watch is connected", registry=r
         )

@@ -58,6 +58,7 @@ def _flip(summary: str, *, body_required: bool, properties: dict[str, Any], requ
 
 
 _REASON = {"type": "string", "maxLength": 1024}
+_FORCE = {"type": "boolean", "description": "switch even to a colour failing its health checks"}
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
@@ -72,14 +73,20 @@ OPENAPI: dict[str, Any] = {
         "/switch": _flip(
             "Make the named colour active (no change if it already is)",
             body_required=True,
-            properties={"to": _COLOR, "reason": _REASON},
+            properties={"to": _COLOR, "reason": _REASON, "force": _FORCE},
             required=["to"],
         ),
         "/promote": _flip(
-            "Make the standby colour active", body_required=False, properties={"reason": _REASON}, required=[]
+            "Make the standby colour active",
+            body_required=False,
+            properties={"reason": _REASON, "force": _FORCE},
+            required=[],
         ),
         "/rollback": _flip(
-            "Make the previous colour active again", body_required=False, properties={"reason": _REASON}, required=[]
+            "Make the previous colour active again",
+            body_required=False,
+            properties={"reason": _REASON, "force": _FORCE},
+            required=[],
         ),
         "/history": {
             "get": {
@@ -138,11 +145,23 @@ OPENAPI: dict[str, Any] = {
                     "updated_at": {"type": "number"},
                     "source": {"type": "string"},
                     "reason": {"type": "string"},
+                    "forced": {"type": "boolean"},
                     "store": {
                         "type": "object",
                         "required": ["backend"],
-                        "properties": {"backend": {"type": "string", "enum": ["memory", "file", "configmap"]}},
-                        "description": "the state store; the configmap backend adds 'connected' (its watch) and more",
+                        "properties": {
+                            "backend": {"type": "string", "enum": ["memory", "file", "configmap"]},
+                            "path": {"type": "string", "description": "file: the state file"},
+                            "name": {"type": "string", "description": "configmap: the ConfigMap's name"},
+                            "namespace": {"type": "string", "description": "configmap: its namespace"},
+                            "connected": {"type": "boolean", "description": "configmap: the watch is connected"},
+                            "resource_version": {
+                                "type": "string",
+                                "nullable": True,
+                                "description": "configmap: the version last seen; null while it does not exist",
+                            },
+                        },
+                        "description": "the state store; the file and configmap backends add the fields they name",
                     },
                     "backends": {
                         "type": "object",
@@ -156,7 +175,7 @@ OPENAPI: dict[str, Any] = {
             },
             "Switch": {
                 "type": "object",
-                "required": ["when", "from", "to", "revision", "source", "reason"],
+                "required": ["when", "from", "to", "revision", "source", "reason", "forced"],
                 "properties": {
                     "when": {"type": "number"},
                     "from": _COLOR,
@@ -164,6 +183,7 @@ OPENAPI: dict[str, Any] = {
                     "revision": {"type": "integer"},
                     "source": {"type": "string"},
                     "reason": {"type": "string"},
+                    "forced": {"type": "boolean"},
                 },
             },
         },

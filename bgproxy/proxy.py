@@ -22,6 +22,8 @@ from .log import log
 from .upstream import UpstreamConnection, UpstreamPool
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .metrics import Metrics
     from .routing import Color
     from .settings import Settings
@@ -232,13 +234,13 @@ class ClientConnection(asyncio.Protocol):
         self._write_paused = True
         conn = self.tunnel or (self.queue[0].upstream if self.queue else None)
         if conn is not None:
-            conn.transport.pause_reading()
+            conn.pause_reading()
 
     def resume_writing(self) -> None:
         self._write_paused = False
         conn = self.tunnel or (self.queue[0].upstream if self.queue else None)
-        if conn is not None and not conn.closed:
-            conn.transport.resume_reading()
+        if conn is not None:
+            conn.resume_reading()
         if self.deadline_kind == DL_EXCHANGE:
             self.touch()
 
@@ -439,7 +441,7 @@ class ClientConnection(asyncio.Protocol):
         conn.bind(self, ex)
         ex.upstream = conn
         if self._write_paused:
-            conn.transport.pause_reading()
+            conn.pause_reading()
         self._send(conn, (ex.head, *ex.pending) if ex.pending else (ex.head,))
         if ex.pending_bytes:
             ex.pending = []
@@ -729,7 +731,14 @@ class ClientConnection(asyncio.Protocol):
 class ProxyServer:
     """The listening socket, the colour pools, and the timers and drain that span connections."""
 
-    def __init__(self, settings: Settings, holder: StateHolder, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        holder: StateHolder,
+        metrics: Metrics,
+        *,
+        on_health: Callable[[Color, bool], None] | None = None,
+    ) -> None:
         blue, green = settings.require_upstreams()
         self.settings = settings
         self.holder = holder
@@ -744,7 +753,7 @@ class ProxyServer:
                 },
                 color_header=settings.color_header,
                 connect_timeout=settings.upstream_connect_timeout,
-                on_health=metrics.set_healthy,
+                on_health=on_health or metrics.set_healthy,
             )
             for color, upstream in ((routing.Color.BLUE, blue), (routing.Color.GREEN, green))
         }

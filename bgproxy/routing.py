@@ -7,6 +7,7 @@ values, so the rules of blue/green are tested with plain tables and the I/O laye
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -44,6 +45,10 @@ class NothingToRollBack(RoutingError):
     pass
 
 
+class TargetDown(RoutingError):
+    """The colour asked for is failing its health checks; `force` overrides."""
+
+
 @dataclass(frozen=True, slots=True)
 class State:
     """The whole routing state; replaced as one object on every flip, never mutated."""
@@ -54,6 +59,7 @@ class State:
     updated_at: float
     source: str
     reason: str
+    forced: bool = False
 
     @property
     def standby(self) -> Color:
@@ -68,6 +74,7 @@ class State:
             "updated_at": self.updated_at,
             "source": self.source,
             "reason": self.reason,
+            "forced": self.forced,
         }
 
     @classmethod
@@ -88,9 +95,12 @@ class State:
             source, reason = data.get("source", "restore"), data.get("reason", "")
             if not isinstance(source, str) or not isinstance(reason, str):
                 raise ValueError("'source' and 'reason' must be strings")
+            forced = data.get("forced", False)
+            if not isinstance(forced, bool):
+                raise ValueError(f"'forced' must be true or false, got {forced!r}")
         except KeyError as exc:
             raise ValueError(f"missing key {exc.args[0]!r}") from None
-        return cls(active, previous, revision, float(updated_at), source, reason)
+        return cls(active, previous, revision, float(updated_at), source, reason, forced)
 
 
 def _color_field(value: object, field: str) -> Color:
@@ -104,10 +114,27 @@ def initial_state(active: Color, *, now: float) -> State:
     return State(active=active, previous=None, revision=0, updated_at=now, source="initial", reason="")
 
 
-def switch(state: State, to: Color, *, source: str, reason: str, now: float) -> State:
-    """Make `to` active. Switching to the colour already active changes nothing (idempotent for GitOps)."""
+Health = Mapping[Color, bool]
+
+
+def switch(
+    state: State,
+    to: Color,
+    *,
+    source: str,
+    reason: str,
+    now: float,
+    healthy: Health | None = None,
+    force: bool = False,
+) -> State:
+    """Make `to` active. Switching to the colour already active changes nothing (idempotent for GitOps).
+
+    With `healthy` given, a colour that is down is refused unless `force`: a switch must not cause an outage.
+    """
     if to is state.active:
         return state
+    if healthy is not None and not healthy.get(to, True) and not force:
+        raise TargetDown(f'{to.value} is failing its health checks; fix it, or send "force": true to switch anyway')
     return replace(
         state,
         active=to,
@@ -116,19 +143,24 @@ def switch(state: State, to: Color, *, source: str, reason: str, now: float) -> 
         updated_at=now,
         source=source,
         reason=reason,
+        forced=force and healthy is not None and not healthy.get(to, True),
     )
 
 
-def promote(state: State, *, source: str, reason: str, now: float) -> State:
+def promote(
+    state: State, *, source: str, reason: str, now: float, healthy: Health | None = None, force: bool = False
+) -> State:
     """The standby colour goes live: always a real flip."""
-    return switch(state, state.standby, source=source, reason=reason, now=now)
+    return switch(state, state.standby, source=source, reason=reason, now=now, healthy=healthy, force=force)
 
 
-def rollback(state: State, *, source: str, reason: str, now: float) -> State:
+def rollback(
+    state: State, *, source: str, reason: str, now: float, healthy: Health | None = None, force: bool = False
+) -> State:
     """Go back to the colour that was active before the last flip."""
     if state.previous is None or state.previous is state.active:
         raise NothingToRollBack(f"nothing to roll back to: {state.active.value} has been active since the start")
-    return switch(state, state.previous, source=source, reason=reason, now=now)
+    return switch(state, state.previous, source=source, reason=reason, now=now, healthy=healthy, force=force)
 
 
 def choose(state: State, preview: str | None) -> Color:

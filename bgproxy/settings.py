@@ -130,6 +130,8 @@ class Settings(BaseSettings):
     configmap_name: str = Field("bgproxy-state", pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
     configmap_namespace: str | None = Field(None, pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
     """Defaults to the pod's own namespace (from the service account), else `default`."""
+    configmap_timeout: Seconds = 10.0
+    """Seconds to wait for the Kubernetes API server on each request; an admin flip fails (503) after it."""
     preview_header: Annotated[str, AfterValidator(_header_name)] = "X-Preview"
     preview_cookie: Annotated[str, AfterValidator(_cookie_name)] = "bg-preview"
     color_header: Annotated[str, AfterValidator(_header_name)] = "X-Bg-Color"
@@ -147,7 +149,15 @@ class Settings(BaseSettings):
     drain_timeout: Annotated[float, Field(ge=0, le=3600)] = 30.0
     """Seconds to let in-flight requests finish after the listener closes."""
     health_path: str | None = Field(None, pattern=r"^/[^\s]*$")
+    """Path probed on each colour (e.g. /healthz); unset turns active probes off."""
     health_interval: Seconds = 2.0
+    """Seconds between probes of one colour."""
+    health_timeout: Seconds = 1.0
+    """Seconds a probe may take; slower counts as a failure."""
+    health_healthy_threshold: Annotated[int, Field(ge=1, le=100)] = 2
+    """Consecutive successes that bring a colour that is down back up."""
+    health_unhealthy_threshold: Annotated[int, Field(ge=1, le=100)] = 3
+    """Consecutive failures that take a colour down."""
     max_request_line: Annotated[int, Field(ge=256, le=1 << 20)] = 8192
     """Bytes of method + target beyond which the answer is 414."""
     max_header_bytes: Annotated[int, Field(ge=1024, le=1 << 24)] = 32768

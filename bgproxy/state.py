@@ -94,8 +94,13 @@ class StateHolder:
                     "revision": new.revision,
                     "source": new.source,
                     "reason": new.reason,
+                    "forced": new.forced,
                 }
             )
+            if not self.metrics.healthy[new.active]:
+                # Git is the source of truth for a ConfigMap flip: applied, but nobody should miss it.
+                self.metrics.unhealthy_switches.labels(new.source).inc()
+                log(logger, "switched_to_unhealthy", level=logging.WARNING, to=new.active.value, source=new.source)
         log(
             logger,
             "switch" if flipped else "state_updated",

@@ -106,6 +106,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.ex: Exchange | None = None
         self.tunnel: ClientConnection | None = None
         self.used = 0  # requests sent on this connection, to know whether a failure may be a stale reuse
+        self.reading_paused = False  # by a client whose socket is full
         self.got_bytes = False
         self._headers: list[tuple[bytes, bytes]] = []
         self._reason = b""
@@ -129,6 +130,17 @@ class UpstreamConnection(asyncio.Protocol):
     def _unbind(self) -> None:
         self.client = None
         self.ex = None
+
+    def pause_reading(self) -> None:
+        if not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused:
+            self.reading_paused = False
+            if not self.closed:
+                self.transport.resume_reading()
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------------
 
@@ -310,6 +322,7 @@ class UpstreamConnection(asyncio.Protocol):
         assert client is not None and ex is not None
         self._unbind()
         if ex.request_done and self._reusable and self._keep_alive and not self.closed:
+            self.resume_reading()  # a slow client may have paused it; the next one must not inherit that
             self.pool.put(self)
         elif not self.closed:
             self.transport.close()

@@ -310,3 +310,34 @@ async def test_metrics_count_requests_per_colour(proxy: Bgproxy) -> None:
     assert samples[("bgproxy_inflight_requests", (("color", "blue"),))] == 0
     assert samples[("bgproxy_active_color", (("color", "blue"),))] == 1
     assert samples[("bgproxy_active_color", (("color", "green"),))] == 0
+
+
+async def wait_until(predicate, what: str) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        while not predicate():
+            await asyncio.sleep(0.01)  # bounded poll of the proxy's own state
+    assert predicate(), what
+
+
+async def test_slow_reader_pauses_upstream_and_the_pooled_connection_recovers(proxy: Bgproxy) -> None:
+    """Backpressure: a client that stops reading pauses the upstream; the connection is reused unpaused."""
+    pool = proxy.proxy.pools[proxy.holder.current.active]
+    c = await RawClient.connect(proxy.port)
+    size = 16 * 1024 * 1024
+    await c.send(b"GET /stream?size=%d&chunked=1 HTTP/1.1\r\nHost: h\r\n\r\n" % size)
+
+    def upstream_paused() -> bool:
+        return any(
+            conn.ex is not None and conn.reading_paused
+            for client in proxy.proxy.connections
+            if client.queue and (conn := client.queue[0].upstream) is not None
+        )
+
+    await wait_until(upstream_paused, "the upstream was never paused while the client did not read")
+    status, _, body = await c.read_response()
+    assert status == 200 and len(body) == size
+    assert len(pool.idle) == 1 and not pool.idle[0].reading_paused
+    # The same pooled connection serves the next request, from a different client.
+    async with aiohttp.ClientSession() as s, s.get(url(proxy, "/after")) as r:
+        assert await asyncio.wait_for(r.text(), TIMEOUT) == "blue\n"
+    await c.close()

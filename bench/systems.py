@@ -1,0 +1,177 @@
+"""The systems under test: how to start each one pinned to the SUT core and know that it is ready."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import procstat
+from .harness import REPO_ROOT, BenchError, Harness, Proc, free_ports, wait_http, wait_tcp
+from .origin import BODY_16K, SMALL_BODY, Origin, nginx_common, start_nginx
+
+ORDER = ("direct", "nginx", "haproxy", "aiohttp", "bgproxy")
+BASELINE = "nginx"
+OPTIONAL_BY_DEFAULT = frozenset({"bgproxy"})
+START_TIMEOUT = 20.0
+
+
+@dataclass
+class Running:
+    name: str
+    url: str
+    proc: Proc  # whose process tree is the system under test (for direct: the origin nginx)
+    admin_url: str | None = None
+
+    def pids(self) -> list[int]:
+        return procstat.tree(self.proc.pid)
+
+    def check_alive(self) -> None:
+        if not self.proc.alive():
+            raise BenchError(self.proc.describe_exit())
+
+
+def _nginx_proxy(h: Harness, origin: Origin, tools: dict[str, str]) -> Running:
+    (port,) = free_ports(1)
+    conf = (
+        nginx_common(h.workdir, "nginx-proxy")
+        + f"""    client_max_body_size 0;
+    proxy_request_buffering off;  # else a 1 GiB upload is spooled to a temp file before it is forwarded
+    proxy_max_temp_file_size 0;   # else a response the client reads slowly is spooled to disk (up to 1 GiB)
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_set_header Host $http_host;
+    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    proxy_set_header X-Forwarded-Proto $scheme;
+    proxy_connect_timeout 2s;
+    proxy_read_timeout 60s;
+    upstream origin {{
+        server 127.0.0.1:{origin.port};
+        keepalive 128;
+        keepalive_requests 10000000;
+        keepalive_timeout 120s;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{ proxy_pass http://origin; }}
+    }}
+}}
+"""
+    )
+    proc = start_nginx(h, "nginx-proxy", conf, port, h.sut_cpu, tools["nginx"])
+    return Running("nginx", f"http://127.0.0.1:{port}", proc)
+
+
+def _haproxy(h: Harness, origin: Origin, tools: dict[str, str]) -> Running:
+    (port,) = free_ports(1)
+    cfg = h.workdir / "haproxy.cfg"
+    cfg.write_text(f"""global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    option http-keep-alive
+    option forwardfor
+    http-reuse always
+    timeout connect 2s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 120s
+frontend fe
+    bind 127.0.0.1:{port}
+    default_backend be
+backend be
+    server origin 127.0.0.1:{origin.port}
+""")
+    check = subprocess.run([tools["haproxy"], "-c", "-f", str(cfg)], capture_output=True, text=True, check=False)
+    if check.returncode != 0:
+        raise BenchError(f"haproxy rejects its config: {check.stdout}{check.stderr}")
+    proc = h.spawn("haproxy", [tools["haproxy"], "-db", "-f", str(cfg)], cpu=h.sut_cpu)
+    wait_tcp(port, 10, proc)
+    return Running("haproxy", f"http://127.0.0.1:{port}", proc)
+
+
+def _aiohttp(h: Harness, origin: Origin, tools: dict[str, str]) -> Running:
+    (port,) = free_ports(1)
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.aiohttp_proxy",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--upstream",
+        origin.url,
+    ]
+    proc = h.spawn("aiohttp", argv, cpu=h.sut_cpu)
+    wait_tcp(port, START_TIMEOUT, proc)
+    return Running("aiohttp", f"http://127.0.0.1:{port}", proc)
+
+
+def bgproxy_importable() -> str | None:
+    """None if `python -m bgproxy` can run from the repository, else why not."""
+    probe = "import importlib.util as u, sys; sys.exit(0 if u.find_spec('bgproxy.__main__') else 3)"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    if done.returncode == 0:
+        return None
+    if done.returncode == 3:
+        return "bgproxy is not importable (no bgproxy.__main__)"
+    return "importing bgproxy fails: " + (done.stderr.strip().splitlines() or ["?"])[-1]
+
+
+def _bgproxy(h: Harness, origin: Origin, tools: dict[str, str]) -> Running:
+    reason = bgproxy_importable()
+    if reason:
+        raise BenchError(reason)
+    port, admin = free_ports(2)
+    argv = [
+        sys.executable,
+        "-m",
+        "bgproxy",
+        "serve",
+        "--blue",
+        origin.url,
+        "--green",
+        origin.green_url,
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--admin-listen",
+        f"127.0.0.1:{admin}",
+        "--state-backend",
+        "memory",
+        "--log-level",
+        "warning",
+    ]
+    # no drain on SIGTERM: the benchmark stops it when nothing is in flight
+    proc = h.spawn("bgproxy", argv, cpu=h.sut_cpu, env={"BGPROXY_DRAIN_GRACE": "0", "BGPROXY_DRAIN_TIMEOUT": "2"})
+    wait_tcp(port, START_TIMEOUT, proc)
+    wait_http(f"http://127.0.0.1:{admin}/readyz", START_TIMEOUT, proc)
+    return Running("bgproxy", f"http://127.0.0.1:{port}", proc, admin_url=f"http://127.0.0.1:{admin}")
+
+
+def _direct(h: Harness, origin: Origin, tools: dict[str, str]) -> Running:
+    return Running("direct", origin.url, origin.proc)
+
+
+STARTERS: dict[str, Callable[[Harness, Origin, dict[str, str]], Running]] = {
+    "direct": _direct,
+    "nginx": _nginx_proxy,
+    "haproxy": _haproxy,
+    "aiohttp": _aiohttp,
+    "bgproxy": _bgproxy,
+}
+
+TOOLS_NEEDED = {"nginx": {"nginx"}, "haproxy": {"haproxy"}}
+PYTHON_NEEDED = {"aiohttp": {"aiohttp", "uvloop"}}
+
+
+def start(name: str, h: Harness, origin: Origin, tools: dict[str, str]) -> Running:
+    """Start a system and check that it relays both test bodies intact."""
+    running = STARTERS[name](h, origin, tools)
+    for path, want in (("/small", SMALL_BODY), ("/16k", BODY_16K)):
+        got = wait_http(running.url + path, START_TIMEOUT, running.proc)
+        if got != want:
+            raise BenchError(f"{name} relays a wrong body for {path} ({len(got)} bytes, want {len(want)})")
+    return running

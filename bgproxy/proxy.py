@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from time import perf_counter
 from typing import TYPE_CHECKING, cast
 
 import httptools
@@ -149,8 +150,11 @@ class ClientConnection(asyncio.Protocol):
         self.queue: deque[Exchange] = deque()  # [0] is being answered; later ones were pipelined behind it
         self.parsing: Exchange | None = None  # the exchange whose request body is still arriving
         self.tunnel: UpstreamConnection | None = None
+        # One deadline per connection, checked by the server's ticker; `active` marks progress since the
+        # last tick, so the hot path sets a flag instead of reading the clock.
         self.deadline = 0.0
         self.deadline_kind = DL_NONE
+        self.active = False
         self.peer = b""
         self.gone = False
         self._url = b""
@@ -180,7 +184,7 @@ class ClientConnection(asyncio.Protocol):
         srv.connections.add(self)
         peer = transport.get_extra_info("peername")
         self.peer = peer[0].encode() if peer else b"unknown"
-        self._set_deadline(DL_HEAD, srv.header_timeout)
+        self._set_head_deadline()
 
     def data_received(self, data: bytes) -> None:
         tunnel = self.tunnel
@@ -203,10 +207,9 @@ class ClientConnection(asyncio.Protocol):
             self._bad_request(exc)
             return
         self._flush()
+        self.active = True
         if self._in_head:
             self._head_incomplete(len(data))
-        elif self.deadline_kind == DL_EXCHANGE:
-            self.deadline = self.loop.time() + self.server.read_timeout
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gone = True
@@ -215,7 +218,7 @@ class ClientConnection(asyncio.Protocol):
         if tunnel is not None:
             self.tunnel = None
             tunnel.transport.close()
-        now = self.loop.time()
+        now = perf_counter()
         for ex in self.queue:
             if ex.connecting is not None:
                 ex.connecting.cancel()
@@ -241,8 +244,7 @@ class ClientConnection(asyncio.Protocol):
         conn = self.tunnel or (self.queue[0].upstream if self.queue else None)
         if conn is not None:
             conn.resume_reading()
-        if self.deadline_kind == DL_EXCHANGE:
-            self.touch()
+        self.active = True
 
     # -- httptools callbacks: the request -----------------------------------------------------------------
 
@@ -412,9 +414,9 @@ class ClientConnection(asyncio.Protocol):
     def _start(self, ex: Exchange) -> None:
         pool = ex.pool
         pool.stats.inflight += 1
-        ex.started = now = self.loop.time()
+        ex.started = perf_counter()  # uvloop's clock moves in whole milliseconds: too coarse for durations
         self.deadline_kind = DL_EXCHANGE
-        self.deadline = now + self.server.read_timeout
+        self.deadline = 0.0  # the ticker starts the read clock
         conn = pool.take()
         if conn is not None:
             self._attach(ex, conn)
@@ -468,7 +470,7 @@ class ClientConnection(asyncio.Protocol):
         return ex.keep_alive and ex.request_done and not self.server.draining
 
     def response_complete(self, ex: Exchange) -> None:
-        now = self.loop.time()
+        now = perf_counter()
         ex.response_done = True
         ex.upstream = None
         stats = ex.pool.stats
@@ -503,7 +505,8 @@ class ClientConnection(asyncio.Protocol):
             self.gone = True
             self.transport.close()
         else:
-            self._set_deadline(DL_IDLE, self.server.idle_timeout)
+            self.deadline_kind = DL_IDLE
+            self.deadline = 0.0  # the ticker starts the idle clock
 
     def upstream_failed(self, ex: Exchange, conn: UpstreamConnection, kind: str, reason: str) -> None:
         if ex.response_done or self.gone:
@@ -527,7 +530,7 @@ class ClientConnection(asyncio.Protocol):
             ex.upstream = None
         ex.response_done = True
         ex.pool.stats.inflight -= 1
-        ex.pool.stats.done(ex.method, ex.status, self.loop.time() - ex.started)
+        ex.pool.stats.done(ex.method, ex.status, perf_counter() - ex.started)
         log(logger, "response_cut", level=logging.WARNING, color=ex.pool.color.value, kind=kind)
         self.gone = True
         self.transport.abort()
@@ -666,15 +669,12 @@ class ClientConnection(asyncio.Protocol):
             self._refuse(431 if self._headers else 414, "request head too large")
             return
         if self.deadline_kind != DL_HEAD:
-            self._set_deadline(DL_HEAD, srv.header_timeout)
+            self._set_head_deadline()
 
-    def _set_deadline(self, kind: int, seconds: float) -> None:
-        self.deadline_kind = kind
-        self.deadline = self.loop.time() + seconds
-
-    def touch(self) -> None:
-        if self.deadline_kind == DL_EXCHANGE:
-            self.deadline = self.loop.time() + self.server.read_timeout
+    def _set_head_deadline(self) -> None:
+        # Absolute, not refreshed by progress: a client dribbling a byte at a time must still finish in time.
+        self.deadline_kind = DL_HEAD
+        self.deadline = self.loop.time() + self.server.header_timeout
 
     def timed_out(self) -> None:
         kind = self.deadline_kind
@@ -791,8 +791,23 @@ class ProxyServer:
         return port
 
     def _tick(self) -> None:
+        """Expire connections past their deadline; a timeout fires within one tick of its due time."""
         now = self.loop.time()
-        for conn in [c for c in self.connections if c.deadline and c.deadline <= now]:
+        timeouts = {DL_IDLE: self.idle_timeout, DL_EXCHANGE: self.read_timeout}
+        expired = []
+        for conn in self.connections:
+            kind = conn.deadline_kind
+            if kind == DL_NONE:
+                continue
+            if kind == DL_HEAD:
+                if conn.deadline <= now:
+                    expired.append(conn)
+            elif conn.active or not conn.deadline:
+                conn.active = False
+                conn.deadline = now + timeouts[kind]
+            elif conn.deadline <= now:
+                expired.append(conn)
+        for conn in expired:
             conn.timed_out()
         self._ticker = self.loop.call_later(self._tick_every, self._tick)
 

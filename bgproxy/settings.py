@@ -106,7 +106,9 @@ Seconds = Annotated[float, Field(gt=0, le=86400)]
 class Settings(BaseSettings):
     """Every knob of bgproxy; the table in the README mirrors these fields."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", validate_default=True, use_attribute_docstrings=True
+    )
 
     # NoDecode on the tuple-typed fields: pydantic-settings would otherwise JSON-decode them from the environment
     # (BGPROXY_LISTEN=0.0.0.0:8080 crashed with a traceback); `_parse_compound` parses the strings instead.
@@ -185,6 +187,8 @@ class Settings(BaseSettings):
                         data[key] = parse(data[key])
                     except ValueError as exc:
                         raise ValueError(f"{key}: {exc}") from None
+            if isinstance(data.get("initial_active"), str):
+                data["initial_active"] = data["initial_active"].strip().lower()  # as the admin API accepts
             for key in ("admin_token", "admin_token_file", "health_path"):
                 if data.get(key) == "":
                     data[key] = None

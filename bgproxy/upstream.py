@@ -108,7 +108,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.used = 0  # requests sent on this connection, to know whether a failure may be a stale reuse
         self.reading_paused = False  # by a client whose socket is full
         self.got_bytes = False
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._headers: list[tuple[bytes, bytes]] = []  # every header, for the rare paths that rebuild
+        self._lines: list[bytes] = []  # the response head being built, header by header as they arrive
+        self._framing: list[tuple[bytes, bytes]] = []  # hop-by-hop and framing headers, looked at once complete
         self._reason = b""
         self._out: list[bytes] = []
         self._chunked_out = False
@@ -158,7 +160,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.close()
             return
         self.got_bytes = True
-        client.touch()
+        client.active = True  # progress: the read timeout starts over
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -207,12 +209,20 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._headers = []
+        self._lines = []
+        self._framing = []
 
     def on_status(self, reason: bytes) -> None:
         self._reason = reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # Sorted on arrival, so that completing the head touches only the few headers that matter.
         self._headers.append((name, value))
+        lname = name.lower()
+        if lname in RESPONSE_DROP:
+            self._framing.append((lname, value))
+        else:
+            self._lines += (name, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:
         ex = self.ex
@@ -222,30 +232,23 @@ class UpstreamConnection(asyncio.Protocol):
         if status < 200 and status != 101:
             self._interim(status, ex)
             return
-        out = [b"HTTP/1.1 %d %s\r\n" % (status, self._reason)]
+        out = self._lines
         length: bytes | None = None
         chunked = False
-        conn_value: bytes | None = None
         upgrade: bytes | None = None
-        headers = self._headers
-        for name, value in headers:
-            lname = name.lower()
-            if lname not in RESPONSE_DROP:
-                out += (name, b": ", value, b"\r\n")
-            elif lname == b"content-length":
+        for lname, value in self._framing:
+            if lname == b"content-length":
                 length = value
             elif lname == b"transfer-encoding":
                 chunked = True
             elif lname == b"connection":
-                conn_value = value if conn_value is None else conn_value + b"," + value
+                if connection_tokens(value):  # it names more headers as hop-by-hop: rebuild without them
+                    out = drop_named(self._headers, RESPONSE_DROP | connection_tokens(value))
             elif lname == b"upgrade":
                 upgrade = value
-        if conn_value is not None:
-            extra = connection_tokens(conn_value)
-            if extra:
-                out = [out[0], *drop_named(headers, RESPONSE_DROP | extra)]
+        out.insert(0, b"HTTP/1.1 %d %s\r\n" % (status, self._reason))
         out.append(self.pool.color_line)
-        keep_alive = client.keep_alive_for(ex)
+        keep_alive = ex.keep_alive and ex.request_done and not client.server.draining
         if status == 101:
             out += (b"Connection: Upgrade\r\nUpgrade: ", upgrade or b"websocket", b"\r\n\r\n")
             self._out += out

@@ -195,7 +195,11 @@ async def start_proxy(upstreams: dict[str, Upstream]) -> AsyncIterator[StartProx
         }
         values.update(overrides)
         app = Bgproxy(load_settings(**values))
-        await app.start()
+        try:
+            await app.start()
+        except BaseException:
+            await app.stop()
+            raise
         started.append(app)
         return app
 

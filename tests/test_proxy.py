@@ -314,8 +314,8 @@ async def test_metrics_count_requests_per_colour(proxy: Bgproxy) -> None:
 
 async def wait_until(predicate, what: str) -> None:
     async with asyncio.timeout(TIMEOUT):
-        while not predicate():
-            await asyncio.sleep(0.01)  # bounded poll of the proxy's own state
+        while not predicate():  # noqa: ASYNC110 - a bounded poll of the proxy's own state
+            await asyncio.sleep(0.01)
     assert predicate(), what
 
 

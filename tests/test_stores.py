@@ -1,0 +1,426 @@
+"""State stores: the file store survives a restart, writes atomically and refuses a corrupt file; memory forgets.
+
+The restart and corrupt-file cases run the real `bgproxy serve` as a subprocess; the rest run in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from bgproxy import routing
+from bgproxy.app import Bgproxy
+from bgproxy.routing import Color, State
+from bgproxy.settings import load_settings
+from bgproxy.stores import StoreConflict, StoreError
+from bgproxy.stores.file import FileStore
+
+from .conftest import TIMEOUT, StartProxy, Upstream, free_port
+
+PROC_TIMEOUT = 20.0
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any BGPROXY_* variable, plus `extra`.
+
+    PYTHONPATH puts this checkout first, so the subprocess runs the code under test even when another copy of
+    bgproxy is installed.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BGPROXY_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
+
+
+class ServeProcess:
+    """A real `python -m bgproxy ARGS` subprocess; stderr goes to a file so it can never block on a pipe."""
+
+    def __init__(self, tmp_path: Path, args: Sequence[str], env: dict[str, str]) -> None:
+        self.tmp_path = tmp_path
+        self.args = list(args)
+        self.env = env
+        self.proc: asyncio.subprocess.Process | None = None
+        self.stderr_path = tmp_path / f"stderr-{time.monotonic_ns()}.txt"
+
+    async def start(self, *, stdout: int | None = asyncio.subprocess.DEVNULL) -> ServeProcess:
+        with self.stderr_path.open("wb") as err:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bgproxy", *self.args, env=self.env, cwd=self.tmp_path, stdout=stdout, stderr=err
+            )
+        return self
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    async def wait_ready(self, admin_port: int, *, deadline: float = PROC_TIMEOUT) -> None:
+        """Poll /readyz until it answers 200; a bounded wait that fails at once if the process died."""
+        assert self.proc is not None
+        end = time.monotonic() + deadline
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as s:
+            while time.monotonic() < end:
+                if self.proc.returncode is not None:
+                    pytest.fail(f"bgproxy exited with {self.proc.returncode} before ready:\n{self.stderr}")
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with s.get(f"http://127.0.0.1:{admin_port}/readyz") as r:
+                        if r.status == 200:
+                            return
+                await asyncio.sleep(0.05)  # between polls of a bounded wait, not synchronisation
+        pytest.fail(f"bgproxy not ready within {deadline}s:\n{self.stderr}")
+
+    async def wait(self) -> int:
+        assert self.proc is not None
+        return await asyncio.wait_for(self.proc.wait(), PROC_TIMEOUT)
+
+    async def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        if self.proc.returncode is None:
+            self.proc.send_signal(sig)
+        return await self.wait()
+
+    async def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def serve_process(tmp_path: Path, args: Sequence[str], env: dict[str, str]) -> AsyncIterator[ServeProcess]:
+    p = ServeProcess(tmp_path, args, env)
+    try:
+        yield await p.start()
+    finally:
+        await p.kill()  # only if a failed test left it running
+
+
+def serve_args(upstreams: dict[str, Upstream], port: int, admin_port: int) -> list[str]:
+    return [
+        "serve",
+        "--blue",
+        upstreams["blue"].url,
+        "--green",
+        upstreams["green"].url,
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--admin-listen",
+        f"127.0.0.1:{admin_port}",
+    ]
+
+
+async def http(session: aiohttp.ClientSession, method: str, url: str, **kw: Any) -> tuple[int, dict[str, str], str]:
+    async with session.request(method, url, **kw) as r:
+        return r.status, dict(r.headers), await r.text()
+
+
+async def served_by(session: aiohttp.ClientSession, port: int) -> str:
+    status, headers, body = await http(session, "GET", f"http://127.0.0.1:{port}/")
+    assert status == 200
+    assert body == f"{headers['X-Bg-Color']}\n"
+    return headers["X-Bg-Color"]
+
+
+def read_state_file(path: Path) -> dict[str, Any]:
+    data = json.loads(path.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def leftovers(directory: Path, keep: str) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name != keep and not p.name.startswith("stderr-"))
+
+
+# --- the file store across a restart (real subprocesses) -----------------------------------------------------------
+
+
+async def test_restart_keeps_the_colour(tmp_path: Path, upstreams: dict[str, Upstream]) -> None:
+    state_file = tmp_path / "state.json"
+    env = clean_env(BGPROXY_STATE_FILE=str(state_file), BGPROXY_DRAIN_GRACE="0", BGPROXY_STATE_BACKEND="file")
+    timeout = aiohttp.ClientTimeout(total=TIMEOUT)
+    async with aiohttp.ClientSession(timeout=timeout) as s:
+        port, admin_port = free_port(), free_port()
+        async with serve_process(tmp_path, serve_args(upstreams, port, admin_port), env) as first:
+            await first.wait_ready(admin_port)
+            assert read_state_file(state_file)["active"] == "blue"  # the initial state is stored at start
+            assert await served_by(s, port) == "blue"
+            status, _, body = await http(
+                s, "POST", f"http://127.0.0.1:{admin_port}/switch", json={"to": "green", "reason": "release 7"}
+            )
+            assert status == 200, body
+            stored = read_state_file(state_file)
+            assert (stored["active"], stored["previous"], stored["revision"]) == ("green", "blue", 1)
+            assert stored["reason"] == "release 7"
+            assert leftovers(tmp_path, "state.json") == []
+            assert await served_by(s, port) == "green"
+            assert await first.stop(signal.SIGTERM) == 0  # drains and exits cleanly
+
+        port, admin_port = free_port(), free_port()
+        async with serve_process(tmp_path, serve_args(upstreams, port, admin_port), env) as second:
+            await second.wait_ready(admin_port)
+            status, _, body = await http(s, "GET", f"http://127.0.0.1:{admin_port}/state")
+            assert status == 200
+            state = json.loads(body)
+            assert (state["active"], state["previous"], state["revision"]) == ("green", "blue", 1)
+            assert state["reason"] == "release 7"
+            assert await served_by(s, port) == "green"
+            # and rollback still knows where to go back to after the restart
+            status, _, body = await http(s, "POST", f"http://127.0.0.1:{admin_port}/rollback")
+            assert status == 200 and json.loads(body)["active"] == "blue"
+            assert await served_by(s, port) == "blue"
+            assert await second.stop(signal.SIGTERM) == 0
+    assert read_state_file(state_file)["active"] == "blue"
+
+
+# --- corrupt state files refuse the start (real subprocesses, run side by side) -------------------------------------
+
+CORRUPT = {
+    "garbage": b"this is not json\n",
+    "wrong-colour": json.dumps({"active": "purple", "revision": 3}).encode(),
+    "json-array": b'["blue"]\n',
+    "empty": b"",
+}
+
+
+@pytest.fixture(scope="module")
+def corrupt_starts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, int, str, int]]:
+    """Start `bgproxy serve` once per corrupt file, all at once: {case: (file, exit code, stderr, data port)}."""
+    dirs = {case: tmp_path_factory.mktemp(case) for case in CORRUPT}
+
+    def run(case: str) -> tuple[Path, int, str, int]:
+        d = dirs[case]
+        path = d / "state.json"
+        path.write_bytes(CORRUPT[case])
+        port = free_port()
+        args = [
+            sys.executable,
+            "-m",
+            "bgproxy",
+            "serve",
+            "--blue",
+            "http://127.0.0.1:9",
+            "--green",
+            "http://127.0.0.1:10",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--admin-listen",
+            f"127.0.0.1:{free_port()}",
+            "--state-file",
+            str(path),
+        ]
+        res = subprocess.run(
+            args, env=clean_env(), cwd=d, capture_output=True, text=True, timeout=PROC_TIMEOUT, check=False
+        )
+        return path, res.returncode, res.stderr, port
+
+    with ThreadPoolExecutor(len(CORRUPT)) as pool:
+        return dict(zip(CORRUPT, pool.map(run, CORRUPT), strict=True))
+
+
+@pytest.mark.parametrize("case", list(CORRUPT))
+def test_corrupt_state_file_fails_the_start(corrupt_starts: dict[str, tuple[Path, int, str, int]], case: str) -> None:
+    path, code, stderr, port = corrupt_starts[case]
+    assert code != 0
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("bgproxy: state file"), stderr
+    assert str(path) in last and "corrupt" in last
+    assert "Traceback" not in stderr
+    assert '"listening"' not in stderr  # the data plane never came up
+    assert path.read_bytes() == CORRUPT[case]  # never silently reset to blue
+    with pytest.raises(OSError):
+        socket_connect(port)
+
+
+def socket_connect(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=2):
+        pass
+
+
+async def test_corrupt_state_file_in_process_names_the_file(tmp_path: Path, upstreams: dict[str, Upstream]) -> None:
+    path = tmp_path / "state.json"
+    path.write_text('{"active": "green", "previous": "orange"}')
+    app = Bgproxy(
+        load_settings(
+            blue_url=upstreams["blue"].url,
+            green_url=upstreams["green"].url,
+            listen="127.0.0.1:0",
+            admin_listen="127.0.0.1:0",
+            state_backend="file",
+            state_file=str(path),
+        )
+    )
+    with pytest.raises(StoreError) as info:
+        async with app:
+            pytest.fail("started on a corrupt state file")
+    assert str(path) in str(info.value) and "'previous'" in str(info.value)
+    assert app.proxy is None  # the data plane never listened
+
+
+async def test_state_file_under_a_regular_file_fails_the_start(tmp_path: Path, upstreams: dict[str, Upstream]) -> None:
+    (tmp_path / "not-a-dir").write_text("x")
+    path = tmp_path / "not-a-dir" / "state.json"
+    app = Bgproxy(
+        load_settings(
+            blue_url=upstreams["blue"].url,
+            green_url=upstreams["green"].url,
+            listen="127.0.0.1:0",
+            admin_listen="127.0.0.1:0",
+            state_backend="file",
+            state_file=str(path),
+        )
+    )
+    with pytest.raises(StoreError, match="cannot read state file"):
+        async with app:
+            pytest.fail("started without a readable state file")
+    assert app.proxy is None
+
+
+# --- atomic writes (in-process) -------------------------------------------------------------------------------------
+
+
+async def test_every_flip_rewrites_the_file_atomically(tmp_path: Path, start_proxy: StartProxy) -> None:
+    path = tmp_path / "state.json"
+    app = await start_proxy(state_backend="file", state_file=str(path), initial_active="green")
+    stored = read_state_file(path)
+    assert (stored["active"], stored["revision"], stored["source"]) == ("green", 0, "initial")
+    inode = path.stat().st_ino
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as s:
+        for i in range(1, 11):
+            status, _, body = await http(
+                s, "POST", f"http://127.0.0.1:{app.admin_port}/promote", json={"reason": f"flip {i}"}
+            )
+            assert status == 200, body
+            stored = read_state_file(path)  # valid JSON after each flip
+            answer = json.loads(body)
+            assert answer["store"] == {"backend": "file", "path": str(path)}
+            assert stored == {k: v for k, v in answer.items() if k not in ("backends", "store")}
+            assert (stored["revision"], stored["reason"]) == (i, f"flip {i}")
+            assert stored["active"] == ("blue" if i % 2 else "green")
+            assert leftovers(tmp_path, "state.json") == []  # no temp files left behind
+            # a new file renamed over the old one, never rewritten in place
+            assert path.stat().st_ino != inode
+            inode = path.stat().st_ino
+
+
+async def test_a_noop_switch_does_not_write(tmp_path: Path, start_proxy: StartProxy) -> None:
+    path = tmp_path / "state.json"
+    app = await start_proxy(state_backend="file", state_file=str(path))
+    before = path.stat().st_ino, path.read_bytes()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as s:
+        status, _, _ = await http(s, "POST", f"http://127.0.0.1:{app.admin_port}/switch", json={"to": "blue"})
+    assert status == 200
+    assert (path.stat().st_ino, path.read_bytes()) == before
+
+
+# --- write conflicts ------------------------------------------------------------------------------------------------
+
+
+def _state(active: Color, revision: int, previous: Color | None = None) -> State:
+    return State(active, previous, revision, 1.0, "admin", "")
+
+
+async def test_file_store_refuses_a_stale_write(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    store = FileStore(path)
+    assert await store.load() is None
+    await store.write(_state(Color.BLUE, 0), expected_revision=-1)
+    await store.write(_state(Color.GREEN, 1, Color.BLUE), expected_revision=0)
+    before = path.read_bytes()
+    with pytest.raises(StoreConflict) as info:
+        await store.write(_state(Color.BLUE, 1, Color.GREEN), expected_revision=0)
+    assert info.value.current == _state(Color.GREEN, 1, Color.BLUE)
+    assert path.read_bytes() == before
+    # a second writer (another process's view of the same file) is refused the same way
+    other = FileStore(path)
+    with pytest.raises(StoreConflict):
+        await other.write(routing.initial_state(Color.BLUE, now=2.0), expected_revision=-1)
+    assert await other.load() == _state(Color.GREEN, 1, Color.BLUE)
+    assert leftovers(tmp_path, "state.json") == []
+
+
+async def test_a_stale_replica_redecides_instead_of_overwriting(tmp_path: Path, start_proxy: StartProxy) -> None:
+    """Two proxies on one file: the one that did not see the other's flip must not undo it."""
+    path = tmp_path / "state.json"
+    a = await start_proxy(state_backend="file", state_file=str(path))
+    b = await start_proxy(state_backend="file", state_file=str(path))
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as s:
+        status, _, _ = await http(s, "POST", f"http://127.0.0.1:{a.admin_port}/switch", json={"to": "green"})
+        assert status == 200
+        # b still believes blue@0; its switch is based on a stale revision, conflicts, and is decided again
+        status, _, body = await http(s, "POST", f"http://127.0.0.1:{b.admin_port}/switch", json={"to": "green"})
+        assert status == 200
+        assert (json.loads(body)["active"], json.loads(body)["revision"]) == ("green", 1)
+    assert read_state_file(path)["revision"] == 1
+
+
+# --- a store that cannot be written ---------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc")
+async def test_unwritable_state_directory_makes_switch_fail_with_503(tmp_path: Path, start_proxy: StartProxy) -> None:
+    """The state file is reached through /proc/self/fd/N: readable, but no file can be created in that directory,
+    not even by root, so the atomic write (temp file + rename) fails like on a read-only volume."""
+    real = tmp_path / "state.json"
+    real.write_text(json.dumps(routing.initial_state(Color.BLUE, now=1.0).to_dict()))
+    fd = os.open(real, os.O_RDONLY)
+    try:
+        path = f"/proc/self/fd/{fd}"
+        app = await start_proxy(state_backend="file", state_file=path)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as s:
+            base = f"http://127.0.0.1:{app.admin_port}"
+            _, _, before = await http(s, "GET", f"{base}/state")
+            for call, payload in (("/switch", {"to": "green"}), ("/promote", {})):
+                status, headers, body = await http(s, "POST", base + call, json=payload)
+                assert status == 503, body
+                assert headers["Content-Type"].startswith("application/json")
+                message = json.loads(body)["error"]
+                assert "nothing was switched" in message and f"cannot write state file {path}" in message
+                _, _, after = await http(s, "GET", f"{base}/state")
+                assert json.loads(after) == json.loads(before)
+                assert await served_by(s, app.port) == "blue"
+            _, _, history = await http(s, "GET", f"{base}/history")
+            assert json.loads(history) == {"history": []}
+            assert json.loads(real.read_text())["active"] == "blue"
+    finally:
+        os.close(fd)
+
+
+# --- memory forgets -------------------------------------------------------------------------------------------------
+
+
+async def test_memory_store_forgets_on_restart(
+    upstreams: dict[str, Upstream], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # where a file store would write bgproxy-state.json by default
+    settings = dict(
+        blue_url=upstreams["blue"].url,
+        green_url=upstreams["green"].url,
+        listen="127.0.0.1:0",
+        admin_listen="127.0.0.1:0",
+        state_backend="memory",
+    )
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as s:
+        async with Bgproxy(load_settings(**settings)) as app:
+            status, _, _ = await http(s, "POST", f"http://127.0.0.1:{app.admin_port}/switch", json={"to": "green"})
+            assert status == 200
+            assert await served_by(s, app.port) == "green"
+        async with Bgproxy(load_settings(**settings)) as app:
+            _, _, body = await http(s, "GET", f"http://127.0.0.1:{app.admin_port}/state")
+            assert (json.loads(body)["active"], json.loads(body)["revision"]) == ("blue", 0)
+            assert await served_by(s, app.port) == "blue"
+    assert leftovers(tmp_path, keep="") == []  # and writes nothing to disk

@@ -26,6 +26,10 @@ from .stores import open_store
 logger = logging.getLogger("bgproxy.app")
 
 
+class StartupError(Exception):
+    """bgproxy cannot start (an address in use, say); the message says what to fix."""
+
+
 class Bgproxy:
     """One running bgproxy: `async with Bgproxy(settings) as app:` serves until the block ends."""
 
@@ -52,12 +56,19 @@ class Bgproxy:
         self._admin_runner = web.AppRunner(admin, access_log=None, handle_signals=False)
         await self._admin_runner.setup()
         self._admin_site = web.TCPSite(self._admin_runner, s.admin_listen.host, s.admin_listen.port, reuse_address=True)
-        await self._admin_site.start()
+        try:
+            await self._admin_site.start()
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {s.admin_listen} (BGPROXY_ADMIN_LISTEN): {exc.strerror}") from None
         await self.holder.load()
         self._follow = asyncio.create_task(self._follow_store(), name="bgproxy-follow-store")
         await self.health.start()
         proxy = ProxyServer(s, self.holder, self.metrics, on_health=self.health.passive)
-        await proxy.start()
+        try:
+            await proxy.start()
+        except OSError as exc:
+            await proxy.close()
+            raise StartupError(f"cannot listen on {s.listen} (BGPROXY_LISTEN): {exc.strerror}") from None
         self.proxy = proxy
         log(
             logger,

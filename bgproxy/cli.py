@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         settings = load_settings(**overrides)
         if args.command == "serve":
-            from .app import serve
+            from .app import StartupError, serve
             from .log import setup_logging
             from .stores import StoreError
 
@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             setup_logging(settings.log_level, settings.log_format)
             try:
                 _run(serve(settings))
-            except StoreError as exc:  # e.g. a corrupt state file: one clear line, not a traceback
+            except (StoreError, StartupError) as exc:  # a corrupt state file, a port in use: one clear line
                 print(f"bgproxy: {exc}", file=sys.stderr)
                 return 1
             return 0

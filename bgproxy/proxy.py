@@ -10,6 +10,7 @@ side whose write buffer is full pauses reading on the other.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from time import perf_counter
@@ -20,13 +21,14 @@ import httptools
 from . import routing
 from .headers import IDEMPOTENT, REQUEST_DROP, connection_tokens, drop_named, has_token
 from .log import log
+from .routing import Color
 from .upstream import UpstreamConnection, UpstreamPool
+from .websocket import FrameTracker, close_frame
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from .metrics import Metrics
-    from .routing import Color
     from .settings import Settings
     from .state import StateHolder
 
@@ -150,6 +152,8 @@ class ClientConnection(asyncio.Protocol):
         self.queue: deque[Exchange] = deque()  # [0] is being answered; later ones were pipelined behind it
         self.parsing: Exchange | None = None  # the exchange whose request body is still arriving
         self.tunnel: UpstreamConnection | None = None
+        self.frames_in = FrameTracker()  # websocket frames client -> upstream, once tunnelled
+        self.frames_out = FrameTracker()  # and upstream -> client
         # One deadline per connection, checked by the server's ticker; `active` marks progress since the
         # last tick, so the hot path sets a flag instead of reading the clock.
         self.deadline = 0.0
@@ -189,6 +193,7 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         tunnel = self.tunnel
         if tunnel is not None:
+            self.frames_in.feed(data)
             tunnel.transport.write(data)
             return
         if self._upgrade_buffer is not None:
@@ -334,13 +339,10 @@ class ClientConnection(asyncio.Protocol):
 
         # The decision: one look at the state of this instant.
         state = srv.holder.current
-        if preview is None and cookie is not None and srv.cookie_name in cookie:
-            found = routing.cookie_value(cookie.decode("latin-1"), srv.cookie_str)
-            color = routing.choose(state, found) if found else state.active
-        elif preview is not None:
-            color = routing.choose(state, preview.decode("latin-1"))
-        else:
+        if preview is None and (cookie is None or srv.cookie_name not in cookie):
             color = state.active
+        else:
+            color = self._preview_color(state, preview, cookie, xff)
         pool = srv.pools[color]
 
         peer = self.peer
@@ -376,6 +378,26 @@ class ClientConnection(asyncio.Protocol):
             self._start(ex)
         else:
             self._pause(PAUSE_QUEUE)
+
+    def _preview_color(
+        self, state: routing.State, preview: bytes | None, cookie: bytes | None, xff: bytes | None
+    ) -> Color:
+        """The colour for a request that asks to preview (the header wins over the cookie), if it may."""
+        srv = self.server
+        if preview is not None:
+            value: str | None = preview.decode("latin-1")
+        else:
+            assert cookie is not None
+            value = routing.cookie_value(cookie.decode("latin-1"), srv.cookie_str)
+        if not value:
+            return state.active
+        policy = srv.preview_policy
+        if not policy.open:
+            client = routing.forwarded_client(xff.decode("latin-1") if xff else None, self.peer.decode())
+            value = policy.admit(value, client)
+            if value is None:
+                return state.active
+        return routing.choose(state, value)
 
     def on_body(self, body: bytes) -> None:
         ex = self.parsing
@@ -589,13 +611,30 @@ class ClientConnection(asyncio.Protocol):
         self.deadline_kind = DL_NONE
         self.deadline = 0.0
         if rest:
+            self.frames_out.feed(rest)
             self.transport.write(rest)
         buffered = self._upgrade_buffer or []
         self._upgrade_buffer = None
+        for data in buffered:
+            self.frames_in.feed(data)
         if buffered:
             conn.transport.writelines(buffered)
         self._paused = 0
         self.transport.resume_reading()
+
+    def close_websocket(self) -> None:
+        """End of a drain: a close frame (1001, going away) to both sides, if that fits between frames."""
+        tunnel = self.tunnel
+        if tunnel is None:
+            return
+        if self.frames_in.at_boundary and self.frames_out.at_boundary:
+            self.transport.write(close_frame(masked=False))
+            tunnel.transport.write(close_frame(masked=True))
+            self.transport.close()
+            tunnel.transport.close()
+        else:  # mid-frame: a close frame now would corrupt the stream
+            self.transport.abort()
+            tunnel.transport.abort()
 
     def tunnel_closed(self) -> None:
         self.tunnel = None
@@ -761,6 +800,7 @@ class ProxyServer:
         if settings.preview_header:
             self.watch[settings.preview_header.lower().encode()] = PREVIEW
         self.cookie_str = settings.preview_cookie
+        self.preview_policy = settings.preview_policy
         self.cookie_name = settings.preview_cookie.encode()
         self.read_timeout = settings.upstream_read_timeout
         self.header_timeout = settings.header_timeout
@@ -812,7 +852,8 @@ class ProxyServer:
         self._ticker = self.loop.call_later(self._tick_every, self._tick)
 
     def connection_closed(self) -> None:
-        if self._all_closed is not None and not self.connections:
+        # During a drain: done once only websockets are left (they get their close frame at the end).
+        if self._all_closed is not None and all(c.tunnel is not None for c in self.connections):
             self._all_closed.set()
 
     async def drain(self, *, timeout: float) -> None:  # noqa: ASYNC109 - the drain budget, not a call timeout
@@ -825,12 +866,23 @@ class ProxyServer:
                 conn.gone = True
                 conn.transport.close()
         self._all_closed = asyncio.Event()
-        if self.connections:
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._all_closed.wait()
-            except TimeoutError:
-                log(logger, "drain_timeout", level=logging.WARNING, open=len(self.connections))
+        self.connection_closed()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._all_closed.wait()
+        except TimeoutError:
+            log(logger, "drain_timeout", level=logging.WARNING, open=len(self.connections))
+        websockets = [c for c in self.connections if c.tunnel is not None]
+        for conn in websockets:
+            conn.close_websocket()
+        if websockets:
+            # The close frames are written; give the peers a moment to read them before the sockets go.
+            self._all_closed = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    while self.connections:
+                        self._all_closed.clear()
+                        await self._all_closed.wait()
         for conn in list(self.connections):
             conn.transport.abort()
 

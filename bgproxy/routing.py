@@ -7,6 +7,8 @@ values, so the rules of blue/green are tested with plain tables and the I/O laye
 from __future__ import annotations
 
 import enum
+import hmac
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -180,6 +182,54 @@ def choose(state: State, preview: str | None) -> Color:
     if low == "green":
         return Color.GREEN
     return state.standby if low else state.active
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class PreviewPolicy:
+    """Who may preview: anyone can send `X-Preview`, so production can ask for a secret or a client network.
+
+    With a secret, the value must be `SECRET` (the standby colour) or `blue:SECRET` / `green:SECRET`.
+    With networks, the client address must be in one of them.
+    """
+
+    secret: str | None = None
+    networks: tuple[IPNetwork, ...] = ()
+
+    @property
+    def open(self) -> bool:
+        return self.secret is None and not self.networks
+
+    def admit(self, value: str, client: str | None) -> str | None:
+        """The preview value to route by, or None when this request may not preview (it goes live)."""
+        if self.networks:
+            try:
+                address = ipaddress.ip_address(client or "")
+            except ValueError:
+                return None
+            if not any(address in net for net in self.networks):
+                return None
+        secret = self.secret
+        if secret is None:
+            return value
+        given = value.strip()
+        colour, sep, rest = given.partition(":")
+        if sep and colour.lower() in ("blue", "green") and hmac.compare_digest(rest.encode(), secret.encode()):
+            return colour.lower()
+        if hmac.compare_digest(given.encode(), secret.encode()):
+            return "standby"
+        return None
+
+
+def forwarded_client(xff: str | None, peer: str) -> str:
+    """The client address as the nearest proxy (the Ingress) saw it: the last X-Forwarded-For hop, else the peer."""
+    if xff:
+        last = xff.rsplit(",", 1)[-1].strip()
+        if last:
+            return last
+    return peer
 
 
 def cookie_value(cookie_header: str, name: str) -> str | None:

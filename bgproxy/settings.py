@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from .routing import Color
+from .routing import Color, IPNetwork, PreviewPolicy
 
 ENV_PREFIX = "BGPROXY_"
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -87,6 +87,19 @@ def _upstream(value: object) -> Upstream:
     return Upstream(url=f"{parts.scheme}://{parts.netloc}", scheme=parts.scheme, host=parts.hostname, port=port)
 
 
+def _networks(value: str) -> tuple[IPNetwork, ...]:
+    nets = []
+    for part in value.split(","):
+        if part.strip():
+            try:
+                nets.append(ipaddress.ip_network(part.strip(), strict=False))
+            except ValueError:
+                raise ValueError(
+                    f"expected comma-separated networks such as 10.0.0.0/8,192.168.1.7, got {part!r}"
+                ) from None
+    return tuple(nets)
+
+
 def _header_name(value: str) -> str:
     if value and not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", value):
         raise ValueError(f"expected an HTTP header name (letters, digits, '-'), got {value!r}")
@@ -136,6 +149,10 @@ class Settings(BaseSettings):
     """Seconds to wait for the Kubernetes API server on each request; an admin flip fails (503) after it."""
     preview_header: Annotated[str, AfterValidator(_header_name)] = "X-Preview"
     preview_cookie: Annotated[str, AfterValidator(_cookie_name)] = "bg-preview"
+    preview_secret: SecretStr | None = None
+    """When set, preview is honoured only for the value SECRET (standby) or blue:SECRET / green:SECRET."""
+    preview_allow: Annotated[tuple[IPNetwork, ...], NoDecode] = ()
+    """Comma-separated networks (CIDR) whose clients may preview; the client is the last X-Forwarded-For hop."""
     color_header: Annotated[str, AfterValidator(_header_name)] = "X-Bg-Color"
     """Response header naming the colour that served; empty turns it off."""
     upstream_connect_timeout: Seconds = 2.0
@@ -189,7 +206,12 @@ class Settings(BaseSettings):
                         raise ValueError(f"{key}: {exc}") from None
             if isinstance(data.get("initial_active"), str):
                 data["initial_active"] = data["initial_active"].strip().lower()  # as the admin API accepts
-            for key in ("admin_token", "admin_token_file", "health_path"):
+            if isinstance(data.get("preview_allow"), str):
+                try:
+                    data["preview_allow"] = _networks(data["preview_allow"])
+                except ValueError as exc:
+                    raise ValueError(f"preview_allow: {exc}") from None
+            for key in ("admin_token", "admin_token_file", "health_path", "preview_secret"):
                 if data.get(key) == "":
                     data[key] = None
         return data
@@ -214,6 +236,11 @@ class Settings(BaseSettings):
         if self.blue_url is not None and self.blue_url == self.green_url:
             raise ValueError("green_url: must differ from blue_url, or a flip would change nothing")
         return self
+
+    @property
+    def preview_policy(self) -> PreviewPolicy:
+        secret = self.preview_secret.get_secret_value() if self.preview_secret else None
+        return PreviewPolicy(secret=secret, networks=self.preview_allow)
 
     @property
     def namespace(self) -> str:

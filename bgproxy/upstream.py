@@ -152,6 +152,7 @@ class UpstreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         tunnel = self.tunnel
         if tunnel is not None:
+            tunnel.frames_out.feed(data)
             tunnel.transport.write(data)
             return
         client = self.client

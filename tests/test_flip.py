@@ -128,3 +128,35 @@ async def test_colour_header_can_be_turned_off(start_proxy: StartProxy) -> None:
     async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{app.port}/") as r:
         assert await r.text() == "blue\n"
         assert "X-Bg-Color" not in r.headers
+
+
+async def test_preview_with_a_secret_needs_the_secret(start_proxy: StartProxy) -> None:
+    app = await start_proxy(preview_secret="s3cret")
+    async with aiohttp.ClientSession() as s:
+        assert (await get(s, app, headers={"X-Preview": "1"}))[1] == "blue"  # anyone on the internet: live
+        assert (await get(s, app, headers={"X-Preview": "green"}))[1] == "blue"
+        assert (await get(s, app, headers={"X-Preview": "s3cret"}))[1] == "green"  # the standby colour
+        assert (await get(s, app, headers={"X-Preview": "green:s3cret"}))[1] == "green"
+        assert (await get(s, app, headers={"X-Preview": "blue:s3cret"}))[1] == "blue"
+        assert (await get(s, app, headers={"X-Preview": "green:wrong"}))[1] == "blue"
+        assert (await get(s, app, headers={"Cookie": "bg-preview=s3cret"}))[1] == "green"
+
+
+@pytest.mark.parametrize(
+    "allow,xff,expected",
+    [
+        ("127.0.0.0/8", None, "green"),  # the peer itself is allowed
+        ("10.0.0.0/8", None, "blue"),  # the peer (127.0.0.1) is not
+        ("10.0.0.0/8", "203.0.113.9, 10.1.2.3", "green"),  # the Ingress saw 10.1.2.3
+        ("10.0.0.0/8", "10.1.2.3, 203.0.113.9", "blue"),  # a forged first hop does not count
+    ],
+)
+async def test_preview_can_be_limited_to_client_networks(
+    start_proxy: StartProxy, allow: str, xff: str | None, expected: str
+) -> None:
+    app = await start_proxy(preview_allow=allow)
+    headers = {"X-Preview": "1"}
+    if xff:
+        headers["X-Forwarded-For"] = xff
+    async with aiohttp.ClientSession() as s:
+        assert (await get(s, app, headers=headers))[1] == expected

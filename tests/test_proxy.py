@@ -341,3 +341,25 @@ async def test_slow_reader_pauses_upstream_and_the_pooled_connection_recovers(pr
     async with aiohttp.ClientSession() as s, s.get(url(proxy, "/after")) as r:
         assert await asyncio.wait_for(r.text(), TIMEOUT) == "blue\n"
     await c.close()
+
+
+async def test_drain_finishes_requests_then_says_going_away_to_websockets(
+    start_proxy: StartProxy, upstreams: dict[str, Upstream]
+) -> None:
+    app = await start_proxy(drain_grace="0", drain_timeout="5")
+    arrived, release = upstreams["blue"].gate("drain")
+    async with aiohttp.ClientSession() as s, s.ws_connect(url(app, "/ws")) as ws:
+        await ws.send_str("hi")
+        assert await asyncio.wait_for(ws.receive_str(), TIMEOUT) == "blue:hi"
+        slow = asyncio.create_task(s.get(url(app, "/gate/drain")))
+        await asyncio.wait_for(arrived.wait(), TIMEOUT)
+        draining = asyncio.create_task(app.drain())
+        await asyncio.sleep(0)
+        assert not app.ready()
+        release.set()
+        async with await asyncio.wait_for(slow, TIMEOUT) as r:
+            assert (r.status, await r.text()) == (200, "blue drain\n")
+            assert r.headers["Connection"] == "close"
+        msg = await asyncio.wait_for(ws.receive(), TIMEOUT)
+        assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1001
+        await asyncio.wait_for(draining, TIMEOUT)

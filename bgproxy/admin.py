@@ -7,6 +7,7 @@ Handlers validate input and delegate the decision to `routing` through the state
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import logging
 import time
@@ -14,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from yarl import URL
 
 from . import routing
 from .log import log
@@ -25,8 +27,10 @@ from .state import StateHolder
 from .stores import StoreError
 
 logger = logging.getLogger("bgproxy.admin")
-MAX_BODY = 4096
 MAX_REASON = 1024
+# Room for a reason at its maximum length however a client encodes it: JSON may escape each character as a
+# surrogate pair, 12 bytes (\ud83d\ude80), so 4 KiB refused bodies the OpenAPI document allows.
+MAX_BODY = 16384
 
 HOLDER = web.AppKey("holder", StateHolder)
 METRICS = web.AppKey("metrics", Metrics)
@@ -69,6 +73,46 @@ def _authorized(request: web.Request) -> bool:
     given = request.headers.get("Authorization", "")
     scheme, _, value = given.partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.get_secret_value().encode())
+
+
+def _cross_site(request: web.Request) -> str | None:
+    """Why a mutating call looks like a browser sent it for another site, or None.
+
+    The admin API sends no CORS headers, so a web page cannot read its answers, but a browser still *sends* a
+    "simple" cross-site POST (a form, or `fetch` in no-cors mode) without asking first: any page an operator opens
+    could flip traffic through a loopback admin port that has no token (the default, e.g. behind
+    `kubectl port-forward`). Browsers name the page in `Origin` and `Sec-Fetch-Site`; curl and the CLI send neither.
+    Without a token, a Host that is not a loopback name is refused too: that is a DNS-rebinding page.
+    """
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        try:
+            page = URL(origin)
+            same = page.host is not None and (page.host, page.port) == (request.url.host, request.url.port)
+        except ValueError:
+            same = False
+        if not same:
+            return f"cross-origin request from {origin!r} refused: the admin API is not for web pages"
+    if request.headers.get("Sec-Fetch-Site", "").lower() in ("cross-site", "same-site"):
+        return "cross-site request refused: the admin API is not for web pages"
+    if request.app[SETTINGS].admin_token is None and not _loopback_name(request.url.host):
+        return (
+            f"request for Host {request.host!r} refused: without BGPROXY_ADMIN_TOKEN the admin API only takes "
+            "flips addressed to 127.0.0.1, [::1] or localhost"
+        )
+    return None
+
+
+def _loopback_name(host: str | None) -> bool:
+    if not host:
+        return False
+    host = host.rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def state_body(request: web.Request) -> dict[str, Any]:
@@ -147,6 +191,10 @@ def _flip(kind: str) -> Handler:
                 status=401,
                 headers={"WWW-Authenticate": 'Bearer realm="bgproxy"'},
             )
+        refused = _cross_site(request)
+        if refused is not None:
+            log(logger, "flip_refused", level=logging.WARNING, kind=kind, reason=refused)
+            return error(403, refused)
         try:
             body = await _read_body(request, required=("to",) if kind == "switch" else ())
             if kind != "switch" and "to" in body:
@@ -165,6 +213,8 @@ def _flip(kind: str) -> Handler:
             return flip(state, source="admin", reason=reason, now=now, healthy=healthy, force=force)
 
         holder = request.app[HOLDER]
+        if not holder.loaded:
+            return error(503, "not ready: the state is still being loaded from the store; try again shortly")
         before = holder.current
         try:
             after = await holder.change(decide)

@@ -38,12 +38,12 @@ def connection_tokens(value: bytes) -> frozenset[bytes]:
     return frozenset(names - _CONNECTION_OPTIONS)
 
 
-def drop_named(headers: list[tuple[bytes, bytes]], drop: frozenset[bytes]) -> list[bytes]:
-    """Header lines, in order, without the named ones; repeated headers stay separate lines."""
+def drop_named(lines: list[bytes], drop: frozenset[bytes]) -> list[bytes]:
+    """Header lines (name, ": ", value, CRLF per header), in order, without the named ones."""
     out: list[bytes] = []
-    for name, value in headers:
-        if name.lower() not in drop:
-            out += (name, b": ", value, b"\r\n")
+    for i in range(0, len(lines), 4):
+        if lines[i].lower() not in drop:
+            out += lines[i : i + 4]
     return out
 
 

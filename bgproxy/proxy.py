@@ -117,27 +117,28 @@ class Exchange:
         "websocket",
     )
 
-    def __init__(self, method: bytes, pool: UpstreamPool, head: bytes) -> None:
+    def __init__(self, method: bytes, path: bytes, pool: UpstreamPool, head: bytes) -> None:
+        # Per request, so the flags the head decides are set by the caller (cheaper than keyword arguments).
         self.method = method
+        self.path = path
         self.pool = pool
-        self.head = head
-        self.path = b""
-        self.pending: list[bytes] = []
-        self.pending_bytes = 0
-        self.chunked = False
-        self.connecting: asyncio.Task[None] | None = None
-        self.expect_continue = False
-        self.head_request = method == b"HEAD"
+        self.head = head  # the request head as the upstream gets it
         self.http10 = False
         self.keep_alive = True
+        self.chunked = False
+        self.expect_continue = False
+        self.websocket = False
+        self.retryable = False
+        self.head_request = method == b"HEAD"
+        self.pending: list[bytes] = []  # body received while no upstream connection is attached yet
+        self.pending_bytes = 0
+        self.connecting: asyncio.Task[None] | None = None
         self.request_done = False
         self.response_done = False
         self.retried = False
-        self.retryable = False
         self.started = 0.0
-        self.status = 0
+        self.status = 0  # of the response, once its head went to the client
         self.upstream: UpstreamConnection | None = None
-        self.websocket = False
 
 
 class ClientConnection(asyncio.Protocol):
@@ -323,7 +324,7 @@ class ClientConnection(asyncio.Protocol):
         if conn_value is not None:
             extra = connection_tokens(conn_value)
             if extra:
-                out[4:] = drop_named(headers, REQUEST_DROP | extra)
+                out[4:] = drop_named(out[4:], extra)
         websocket = (
             upgrade is not None
             and conn_value is not None
@@ -363,8 +364,7 @@ class ClientConnection(asyncio.Protocol):
             out += (b"Connection: Upgrade\r\nUpgrade: ", upgrade, b"\r\n")
         out.append(b"\r\n")
 
-        ex = Exchange(method, pool, b"".join(out))
-        ex.path = self._url
+        ex = Exchange(method, self._url, pool, b"".join(out))
         ex.http10 = http10
         ex.keep_alive = parser.should_keep_alive() and not websocket
         ex.chunked = chunked

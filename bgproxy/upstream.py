@@ -108,8 +108,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.used = 0  # requests sent on this connection, to know whether a failure may be a stale reuse
         self.reading_paused = False  # by a client whose socket is full
         self.got_bytes = False
-        self._headers: list[tuple[bytes, bytes]] = []  # every header, for the rare paths that rebuild
-        self._lines: list[bytes] = []  # the response head being built, header by header as they arrive
+        self._lines: list[bytes] = []  # the response head being built: name, ": ", value, CRLF per header
         self._framing: list[tuple[bytes, bytes]] = []  # hop-by-hop and framing headers, looked at once complete
         self._reason = b""
         self._out: list[bytes] = []
@@ -209,7 +208,6 @@ class UpstreamConnection(asyncio.Protocol):
     # -- httptools callbacks ------------------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._headers = []
         self._lines = []
         self._framing = []
 
@@ -218,7 +216,6 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # Sorted on arrival, so that completing the head touches only the few headers that matter.
-        self._headers.append((name, value))
         lname = name.lower()
         if lname in RESPONSE_DROP:
             self._framing.append((lname, value))
@@ -244,7 +241,7 @@ class UpstreamConnection(asyncio.Protocol):
                 chunked = True
             elif lname == b"connection":
                 if connection_tokens(value):  # it names more headers as hop-by-hop: rebuild without them
-                    out = drop_named(self._headers, RESPONSE_DROP | connection_tokens(value))
+                    out = drop_named(self._lines, connection_tokens(value))
             elif lname == b"upgrade":
                 upgrade = value
         out.insert(0, b"HTTP/1.1 %d %s\r\n" % (status, self._reason))
@@ -309,8 +306,7 @@ class UpstreamConnection(asyncio.Protocol):
             if ex.expect_continue:
                 self._out.append(b"HTTP/1.1 100 Continue\r\n\r\n")
         elif not ex.http10:
-            lines = [b"HTTP/1.1 %d %s\r\n" % (status, self._reason), *drop_named(self._headers, RESPONSE_DROP)]
-            self._out += (*lines, b"\r\n")
+            self._out += (b"HTTP/1.1 %d %s\r\n" % (status, self._reason), *self._lines, b"\r\n")
 
     def _flush(self) -> None:
         out = self._out
@@ -324,9 +320,10 @@ class UpstreamConnection(asyncio.Protocol):
         """The response is complete: hand the connection back (or close it) and tell the client side."""
         client, ex = self.client, self.ex
         assert client is not None and ex is not None
-        self._unbind()
+        self.client = self.ex = None
         if ex.request_done and self._reusable and self._keep_alive and not self.closed:
-            self.resume_reading()  # a slow client may have paused it; the next one must not inherit that
+            if self.reading_paused:  # by a slow client; the next one must not inherit that
+                self.resume_reading()
             self.pool.put(self)
         elif not self.closed:
             self.transport.close()

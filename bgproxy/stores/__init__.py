@@ -56,4 +56,6 @@ def open_store(settings: Settings, metrics: Metrics) -> Store:
         from .file import FileStore
 
         return FileStore(settings.state_file)
-    raise StoreError("state backend 'configmap' is not available yet; use 'file' or 'memory'")
+    from .configmap import ConfigMapStore
+
+    return ConfigMapStore(settings.configmap_name, settings.namespace, metrics, timeout=settings.configmap_timeout)

@@ -1,0 +1,468 @@
+"""Two replicas: real `python -m bgproxy serve` processes sharing one ConfigMap on the fake Kubernetes API server.
+
+What a cluster relies on: a `kubectl patch` flips every replica within a second, an admin flip on one is seen by
+the other, concurrent flips on both lose nothing, an API server outage costs no request and heals by itself, a
+compacted history relists, an invalid value is ignored everywhere, and a replica that cannot reach the API server
+is not ready (and does not listen) until it can.
+
+The figures the closing note quotes are printed (convergence median/max over 20 flips, reconvergence after an
+outage); run with `-s` or look for the lines starting with "measured:".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from bgproxy.stores.configmap import BACKOFF_CAP
+from tests.kubeapi import KubeAPIServer
+
+from .conftest import Upstream, free_port
+from .test_configmap import CM, NS, WAIT, parse_metric, stored, until
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+START = 20.0  # seconds a replica may take to become ready (imports included)
+MERGE = "merge"
+
+Kubectl = Callable[..., Awaitable[subprocess.CompletedProcess[str]]]
+
+
+class Replica:
+    """One `python -m bgproxy serve` process; stderr (JSON logs) goes to a file, never a pipe that could fill."""
+
+    def __init__(self, name: str, tmp_path: Path, env: dict[str, str]) -> None:
+        self.name = name
+        self.port, self.admin_port = free_port(), free_port()
+        self.env = {
+            **env,
+            "BGPROXY_LISTEN": f"127.0.0.1:{self.port}",
+            "BGPROXY_ADMIN_LISTEN": f"127.0.0.1:{self.admin_port}",
+        }
+        self.log_path = tmp_path / f"replica-{name}.log"
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> Replica:
+        with self.log_path.open("wb") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bgproxy", "serve", env=self.env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=log,
+            )  # fmt: skip
+        return self
+
+    @property
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def events(self) -> list[str]:
+        out = []
+        for line in self.logs.splitlines():
+            try:
+                out.append(json.loads(line)["event"])
+            except (ValueError, KeyError):
+                continue
+        return out
+
+    async def readyz(self, http: aiohttp.ClientSession) -> int | None:
+        """The /readyz status, or None while the admin port does not answer."""
+        assert self.proc is not None
+        if self.proc.returncode is not None:
+            pytest.fail(f"replica {self.name} exited with {self.proc.returncode}:\n{self.logs}")
+        try:
+            async with http.get(f"http://127.0.0.1:{self.admin_port}/readyz") as resp:
+                return resp.status
+        except aiohttp.ClientConnectionError:
+            return None
+
+    async def ready(self, http: aiohttp.ClientSession, within: float = START) -> float:
+        async def check() -> bool:
+            return await self.readyz(http) == 200
+
+        return await until(check, f"replica {self.name} ready", within)
+
+    async def colour(self, http: aiohttp.ClientSession) -> str:
+        async with http.get(f"http://127.0.0.1:{self.port}/") as resp:
+            assert resp.status == 200, await resp.text()
+            return resp.headers["X-Bg-Color"]
+
+    async def serves(self, http: aiohttp.ClientSession, want: str) -> bool:
+        return await self.colour(http) == want
+
+    async def admin(self, http: aiohttp.ClientSession, method: str, path: str, **body: Any) -> tuple[int, Any]:
+        async with http.request(method, f"http://127.0.0.1:{self.admin_port}{path}", json=body or None) as resp:
+            return resp.status, await resp.json()
+
+    async def state(self, http: aiohttp.ClientSession) -> dict[str, Any]:
+        status, body = await self.admin(http, "GET", "/state")
+        assert status == 200
+        return {k: v for k, v in body.items() if k not in ("standby", "store", "backends")} | {"store": body["store"]}
+
+    async def metric(self, http: aiohttp.ClientSession, name: str, **labels: str) -> float:
+        async with http.get(f"http://127.0.0.1:{self.admin_port}/metrics") as resp:
+            return parse_metric(await resp.text(), name, **labels)
+
+    async def stop(self) -> None:
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), WAIT)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+            pytest.fail(f"replica {self.name} ignored SIGTERM:\n{self.logs}")
+
+
+@pytest.fixture
+def api() -> Iterator[KubeAPIServer]:
+    with KubeAPIServer(bookmark_interval=0.5) as server:
+        yield server
+
+
+@pytest.fixture
+def kubeconfig(api: KubeAPIServer, tmp_path: Path) -> Path:
+    return api.write_kubeconfig(tmp_path / "kubeconfig")
+
+
+@pytest.fixture
+def kubectl(kubeconfig: Path, tmp_path: Path) -> Kubectl:
+    binary = shutil.which("kubectl")
+    if binary is None:
+        pytest.skip("kubectl not installed")
+    home = tmp_path / "kubectl-home"
+    home.mkdir()
+
+    async def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        argv = [binary, "--kubeconfig", str(kubeconfig), "--cache-dir", str(tmp_path / "kcache"), *args]
+        env = {"HOME": str(home), "PATH": "/usr/bin:/bin"}
+        done = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, timeout=WAIT, env=env)
+        if check and done.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed: {done.stderr}")
+        return done
+
+    return run
+
+
+def patch_active(colour: str, **extra: str) -> tuple[str, ...]:
+    return ("patch", "configmap", CM, "--type", MERGE, "-p", json.dumps({"data": {"active": colour, **extra}}))
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT)) as session:
+        yield session
+
+
+@pytest.fixture
+def replica_env(kubeconfig: Path, upstreams: dict[str, Upstream], tmp_path: Path) -> dict[str, str]:
+    drop = ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "KUBECONFIG")  # never a real cluster
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BGPROXY_") and k not in drop}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.update(
+        KUBECONFIG=str(kubeconfig),
+        HOME=str(tmp_path),
+        BGPROXY_BLUE_URL=upstreams["blue"].url,
+        BGPROXY_GREEN_URL=upstreams["green"].url,
+        BGPROXY_STATE_BACKEND="configmap",
+        BGPROXY_CONFIGMAP_NAMESPACE=NS,
+        BGPROXY_CONFIGMAP_TIMEOUT="2",
+        BGPROXY_DRAIN_GRACE="0",
+        BGPROXY_DRAIN_TIMEOUT="1",
+        BGPROXY_LOG_FORMAT="json",
+    )
+    return env
+
+
+@pytest.fixture
+async def start_replica(replica_env: dict[str, str], tmp_path: Path) -> AsyncIterator[Callable[[str], Replica]]:
+    started: list[Replica] = []
+
+    def make(name: str) -> Replica:
+        replica = Replica(name, tmp_path, replica_env)
+        started.append(replica)
+        return replica
+
+    yield make
+    await asyncio.gather(*(r.stop() for r in started))
+
+
+@pytest.fixture
+async def replicas(
+    api: KubeAPIServer, start_replica: Callable[[str], Replica], http: aiohttp.ClientSession
+) -> tuple[Replica, Replica]:
+    a, b = start_replica("a"), start_replica("b")
+    await asyncio.gather(a.start(), b.start())
+    await asyncio.gather(a.ready(http), b.ready(http))
+    await until(lambda: both_watching(http, a, b), "both replicas watch the ConfigMap")
+    return a, b
+
+
+async def both_watching(http: aiohttp.ClientSession, *replicas: Replica) -> bool:
+    for r in replicas:
+        if not (await r.state(http))["store"]["connected"]:
+            return False
+        if await r.metric(http, "bgproxy_configmap_watch_connected") != 1:
+            return False
+    return True
+
+
+async def all_serve(http: aiohttp.ClientSession, want: str, *replicas: Replica) -> bool:
+    for r in replicas:
+        if await r.colour(http) != want:
+            return False
+    return True
+
+
+def measured(capsys: pytest.CaptureFixture[str], text: str) -> None:
+    with capsys.disabled():
+        print(f"\nmeasured: {text}")
+
+
+async def first_serving(http: aiohttp.ClientSession, replica: Replica, want: str) -> float:
+    """Requests back to back through the replica until one is served by `want`; the moment it was."""
+    end = time.monotonic() + WAIT
+    while time.monotonic() < end:
+        if await replica.colour(http) == want:
+            return time.monotonic()
+    pytest.fail(f"replica {replica.name} did not serve {want} within {WAIT}s")
+
+
+# --- the tests -------------------------------------------------------------------------------------------------
+
+
+async def test_kubectl_patch_flips_both_replicas_within_a_second(
+    api: KubeAPIServer,
+    replicas: tuple[Replica, Replica],
+    http: aiohttp.ClientSession,
+    kubectl: Kubectl,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    a, b = replicas
+    await kubectl("get", "configmap", CM)  # kubectl's discovery cache is warm, as on a workstation
+    from_kubectl, from_commit = [], []
+    target = "blue"
+    for _ in range(20):
+        target = "green" if target == "blue" else "blue"
+
+        def committed(want: str = target) -> float:
+            api.wait_for(lambda: ((api.get_configmap(CM) or {}).get("data") or {}).get("active") == want, WAIT)
+            return time.monotonic()
+
+        start = time.monotonic()
+        commit = asyncio.create_task(asyncio.to_thread(committed))
+        patch = asyncio.create_task(kubectl(*patch_active(target)))
+        seen = await asyncio.gather(first_serving(http, a, target), first_serving(http, b, target))
+        await patch
+        both = max(seen)
+        from_kubectl.append(both - start)
+        from_commit.append(both - await commit)
+    for r in (a, b):
+        assert await r.metric(http, "bgproxy_switches_total", source="configmap", to="green") == 10
+        assert await r.metric(http, "bgproxy_switches_total", source="configmap", to="blue") == 10
+    ms = [round(x * 1000) for x in from_kubectl]
+    measured(
+        capsys,
+        f"kubectl patch -> both replicas serve the new colour, 20 flips: median {statistics.median(ms):.0f} ms, "
+        f"max {max(ms)} ms (from the API server's commit: median {statistics.median(from_commit) * 1000:.1f} ms, "
+        f"max {max(from_commit) * 1000:.1f} ms)",
+    )
+    assert max(from_kubectl) < 1.0, ms
+
+
+async def test_admin_flip_on_one_replica_is_seen_by_the_other(
+    api: KubeAPIServer, replicas: tuple[Replica, Replica], http: aiohttp.ClientSession, kubectl: Kubectl
+) -> None:
+    a, b = replicas
+    status, body = await a.admin(http, "POST", "/switch", to="green", reason="release 42")
+    assert status == 200 and body["active"] == "green"
+    took = await until(lambda: b.serves(http, "green"), "replica b serves green")
+    assert took < 1.0
+    state_a, state_b = await a.state(http), await b.state(http)
+    assert state_a["revision"] == 1 and (state_a["source"], state_a["reason"]) == ("admin", "release 42")
+    state_a.pop("store"), state_b.pop("store")
+    assert state_b == state_a  # the very same state object, updated_at included
+    got = json.loads((await kubectl("get", "configmap", CM, "-o", "json")).stdout)
+    assert got["data"]["active"] == "green" and json.loads(got["data"]["state"]) == state_a
+
+
+async def test_concurrent_flips_on_both_replicas_lose_nothing(
+    api: KubeAPIServer, replicas: tuple[Replica, Replica], http: aiohttp.ClientSession
+) -> None:
+    """Rounds of simultaneous /promote on A and B, both from the same state.
+
+    "None lost": every call that answered 200 is exactly one flip, so each round adds two revisions and leaves the
+    colour where it was (one of the two writes conflicts, re-reads and promotes again from the newer state); in the
+    end the ConfigMap and both replicas hold the very same state.
+    """
+    a, b = replicas
+    before = stored(api)["state"]
+    rounds = 20
+    for n in range(rounds):
+        answers = await asyncio.gather(
+            a.admin(http, "POST", "/promote", reason=f"a{n}"), b.admin(http, "POST", "/promote", reason=f"b{n}")
+        )
+        for status, body in answers:
+            assert status == 200, body
+        assert {body["revision"] for _, body in answers} <= {
+            before["revision"] + 2 * n + 1,
+            before["revision"] + 2 * n + 2,
+        }
+    after = stored(api)["state"]
+    assert after["revision"] == before["revision"] + 2 * rounds
+    assert after["active"] == before["active"]  # an even number of flips
+
+    async def agree() -> bool:
+        states = [await r.state(http) for r in (a, b)]
+        return all({k: v for k, v in s.items() if k != "store"} == after for s in states)
+
+    await until(agree, "both replicas hold the ConfigMap's state")
+    reasons = {h["reason"] for r in (a, b) for h in (await r.admin(http, "GET", "/history"))[1]["history"]}
+    assert {f"a{n}" for n in range(rounds)} | {f"b{n}" for n in range(rounds)} <= reasons
+
+
+async def test_api_server_outage_costs_no_request_and_heals(
+    api: KubeAPIServer,
+    replicas: tuple[Replica, Replica],
+    http: aiohttp.ClientSession,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    a, b = replicas
+    served = {"blue": 0, "green": 0}
+    failures: list[str] = []
+    running = True
+
+    async def traffic() -> None:
+        while running:
+            for r in (a, b):
+                try:
+                    served[await r.colour(http)] += 1
+                except (AssertionError, aiohttp.ClientError, TimeoutError) as exc:
+                    failures.append(f"{r.name}: {exc!r}")
+            await asyncio.sleep(0.002)
+
+    load = asyncio.create_task(traffic())
+    try:
+        await asyncio.to_thread(api.stop)
+        outage_start = time.monotonic()
+
+        async def disconnected() -> bool:
+            for r in (a, b):
+                if (await r.state(http))["store"]["connected"]:
+                    return False
+                if await r.metric(http, "bgproxy_configmap_watch_connected") != 0:
+                    return False
+            return True
+
+        await until(disconnected, "both replicas report the lost watch")
+        # The ConfigMap changes during the outage (kubectl cannot reach this API server; another one of an HA
+        # control plane could): write it behind the stopped server's back.
+        data = dict(api.get_configmap(CM)["data"])  # type: ignore[index]
+        api.set_configmap(CM, {**data, "active": "green"})
+        await until(lambda: time.monotonic() - outage_start > 3.0, "a 3 s outage")
+        assert await all_serve(http, "blue", a, b)  # still the last state
+        await asyncio.to_thread(api.start)
+        outage = time.monotonic() - outage_start
+        took = await until(lambda: all_serve(http, "green", a, b), "both replicas reconverge", within=15)
+        await until(lambda: both_watching(http, a, b), "both watches are back")
+    finally:
+        running = False
+        await load
+    assert failures == []
+    assert served["blue"] > 100 and served["green"] > 0
+    measured(
+        capsys,
+        f"API server down {outage:.1f} s: {sum(served.values())} requests through the two replicas, 0 failed; "
+        f"both serve the colour changed during the outage {took:.2f} s after the API server is back "
+        f"(reconnect backoff capped at {BACKOFF_CAP:g} s)",
+    )
+    assert took < BACKOFF_CAP + 1.0
+
+
+async def test_compacted_history_makes_both_replicas_relist(
+    api: KubeAPIServer, replicas: tuple[Replica, Replica], http: aiohttp.ClientSession, kubectl: Kubectl
+) -> None:
+    a, b = replicas
+    watches, lists = api.request_count("watch"), api.request_count("list")
+    api.hang("watch", times=2)  # both replicas' next watches wait while the history moves on and is compacted
+    await asyncio.to_thread(api.close_watches)
+    await api.await_for(lambda: api.request_count("watch") >= watches + 2, WAIT)
+    await kubectl(*patch_active("green"))
+    api.compact()
+    api.release_hung()  # ...then ask for a resourceVersion that is gone: 410 Gone, relist
+    await until(lambda: all_serve(http, "green", a, b), "both replicas relist and serve green")
+    assert api.request_count("list") >= lists + 2
+    for r in (a, b):
+        assert "configmap_watch_expired" in r.events()
+    await until(lambda: both_watching(http, a, b), "both watches resume")
+
+
+async def test_invalid_value_is_ignored_by_both(
+    api: KubeAPIServer, replicas: tuple[Replica, Replica], http: aiohttp.ClientSession, kubectl: Kubectl
+) -> None:
+    a, b = replicas
+
+    async def counted(n: int) -> bool:
+        for r in (a, b):
+            if await r.metric(http, "bgproxy_config_errors_total", source="configmap") != n:
+                return False
+        return True
+
+    await kubectl(*patch_active("red"))
+    await until(lambda: counted(1), "both replicas count the invalid value")
+    assert await all_serve(http, "blue", a, b)
+    await kubectl("patch", "configmap", CM, "--type", "json", "-p", '[{"op":"remove","path":"/data/active"}]')
+    await until(lambda: counted(2), "both replicas count the missing key")
+    assert await all_serve(http, "blue", a, b)
+    for r in (a, b):
+        assert "configmap_invalid" in r.events()
+    await kubectl(*patch_active("green"))
+    await until(lambda: all_serve(http, "green", a, b), "a valid value flips both")
+
+
+async def test_replica_started_while_the_api_server_is_down_waits_for_it(
+    api: KubeAPIServer, start_replica: Callable[[str], Replica], http: aiohttp.ClientSession
+) -> None:
+    """C waits for the API server and then serves the ConfigMap's colour; D, stopped meanwhile, exits at once."""
+    api.set_configmap(CM, {"active": "green"})  # as deploy/base ships it, but green
+    await asyncio.to_thread(api.stop)
+    c, d = start_replica("c"), start_replica("d")
+    await asyncio.gather(c.start(), d.start())
+    for r in (c, d):
+        await until(lambda r=r: answers_not_ready(http, r), f"replica {r.name}'s admin port answers: not ready")
+    not_ready_until = time.monotonic() + 0.5
+    while time.monotonic() < not_ready_until:
+        assert await c.readyz(http) == 503
+        with pytest.raises(aiohttp.ClientConnectionError):  # the data plane does not listen
+            await c.colour(http)
+        async with http.get(f"http://127.0.0.1:{c.admin_port}/healthz") as resp:
+            assert resp.status == 200  # alive, so the kubelet does not restart it
+
+    assert d.proc is not None  # SIGTERM while waiting for the API server: exits at once, cleanly
+    start = time.monotonic()
+    d.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(d.proc.wait(), WAIT) == 0
+    assert time.monotonic() - start < 3.0 and "stopped_while_starting" in d.events()
+
+    await asyncio.to_thread(api.start)
+    await c.ready(http, within=10)
+    assert await c.colour(http) == "green"
+    state = await c.state(http)
+    assert (state["active"], state["source"]) == ("green", "configmap")
+
+
+async def answers_not_ready(http: aiohttp.ClientSession, replica: Replica) -> bool:
+    return await replica.readyz(http) == 503

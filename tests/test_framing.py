@@ -172,3 +172,58 @@ async def test_non_websocket_upgrade_is_ignored_and_request_served(strict_proxy:
     received = bytes(recording_upstream.received).lower()
     assert b"upgrade" not in received and b"http2-settings" not in received
     assert b"get /next " in received
+
+
+async def test_stalled_request_body_gets_408_and_is_not_completed_upstream(
+    start_proxy: StartProxy, recording_upstream: RawUpstream
+) -> None:
+    app = await start_proxy(blue_url=recording_upstream.url, upstream_read_timeout="0.4")
+    c = await RawClient.connect(app.port)
+    try:
+        await c.send(b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\nonly part of it")
+        status, headers, _ = await c.read_response()
+        assert status == 408 and headers["connection"] == ["close"]
+        assert await c.closed()
+    finally:
+        await c.close()
+
+
+async def test_idle_keepalive_client_is_closed(start_proxy: StartProxy, recording_upstream: RawUpstream) -> None:
+    app = await start_proxy(blue_url=recording_upstream.url, idle_timeout="0.3")
+    c = await RawClient.connect(app.port)
+    try:
+        await c.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert (await c.read_response())[0] == 200
+        assert await c.closed()  # nothing more sent: closed after the idle timeout, well within TIMEOUT
+    finally:
+        await c.close()
+
+
+async def test_connections_beyond_the_cap_are_refused_clearly(
+    start_proxy: StartProxy, recording_upstream: RawUpstream
+) -> None:
+    app = await start_proxy(blue_url=recording_upstream.url, max_connections="2")
+    held = [await RawClient.connect(app.port) for _ in range(2)]
+    extra = await RawClient.connect(app.port)
+    try:
+        for c in held:  # the first two work
+            await c.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+            assert (await c.read_response())[0] == 200
+        status, headers, body = await extra.read_response()
+        assert headers["connection"] == ["close"]
+        assert status == 503 and b"too many connections" in body
+        assert await extra.closed()
+        await held[0].close()
+        # A slot is free again: a new client gets through (bounded retries while the close propagates).
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                again = await RawClient.connect(app.port)
+                await again.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+                status, _, _ = await again.read_response()
+                await again.close()
+                if status == 200:
+                    break
+    finally:
+        for c in [*held, extra]:
+            await c.close()
+    assert app.proxy is not None and app.proxy.refused >= 1

@@ -49,6 +49,7 @@ def _flip(summary: str, *, body_required: bool, properties: dict[str, Any], requ
                 "200": _ok(_STATE, "the state after the call"),
                 "400": _ERROR,
                 "401": _ERROR,
+                "403": _ERROR,
                 "409": _ERROR,
                 "413": _ERROR,
                 "503": _ERROR,
@@ -140,7 +141,9 @@ OPENAPI: dict[str, Any] = {
                 "properties": {
                     "active": _COLOR,
                     "standby": _COLOR,
-                    "previous": {**_COLOR, "nullable": True},
+                    # OpenAPI 3.0: `nullable` does not widen an `enum`; null must be listed (strict validators
+                    # such as openapi-core's rejected the initial state, whose previous is null).
+                    "previous": {"type": "string", "enum": ["blue", "green", None], "nullable": True},
                     "revision": {"type": "integer", "minimum": 0},
                     "updated_at": {"type": "number"},
                     "source": {"type": "string"},

@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bgproxy.admin import MAX_BODY
 from bgproxy.app import Bgproxy
 
 from .conftest import TIMEOUT, StartProxy, Upstream, free_port
@@ -313,18 +314,18 @@ async def test_wrong_method_is_405_json(
     assert await get_state(session, proxy) == before
 
 
-async def test_body_over_4_kib_is_413(proxy: Bgproxy, session: aiohttp.ClientSession) -> None:
+async def test_body_over_the_limit_is_413(proxy: Bgproxy, session: aiohttp.ClientSession) -> None:
     before = await get_state(session, proxy)
-    data = b'{"to": "green", "reason": "' + b"x" * 4096 + b'"}'
+    data = b'{"to": "green", "reason": "' + b"x" * MAX_BODY + b'"}'
     status, body, _ = await call(session, proxy, "POST", "/switch", data=data)
     assert status == 413
     assert "too large" in body["error"]
     assert await get_state(session, proxy) == before
 
 
-async def test_body_just_under_4_kib_is_accepted(proxy: Bgproxy, session: aiohttp.ClientSession) -> None:
+async def test_body_at_the_limit_is_accepted(proxy: Bgproxy, session: aiohttp.ClientSession) -> None:
     data = b'{"to": "green"}'
-    data += b" " * (4096 - len(data))  # exactly the limit, padded with JSON whitespace
+    data += b" " * (MAX_BODY - len(data))  # exactly the limit, padded with JSON whitespace
     status, body, _ = await call(session, proxy, "POST", "/switch", data=data)
     assert status == 200 and body["active"] == "green"
 

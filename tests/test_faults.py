@@ -1,0 +1,174 @@
+"""Faults in the state path, with real `bgproxy serve` processes and the file store.
+
+- SIGKILL at a random moment around a switch: the restarted process comes up on the old colour or the one asked
+  for, never anything else, from a state file that always parses, and serves that colour.
+- A state file that cannot be written: the flip fails with 503 and a message naming the file; memory and disk agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from bgproxy.routing import Color, initial_state
+
+from .conftest import TIMEOUT, Upstream, free_port
+from .test_stores import ServeProcess, clean_env, http, serve_args, serve_process, served_by
+
+KILLS = 15
+SEED = 20251127
+# A switch takes 2-15 ms here (admin call, temp file, fsync, rename, fsync of the directory): kills within this
+# window land before, during and after the write.
+MAX_DELAY = 0.015
+
+
+def file_env(state_file: Path) -> dict[str, str]:
+    return clean_env(
+        BGPROXY_STATE_BACKEND="file",
+        BGPROXY_STATE_FILE=str(state_file),
+        BGPROXY_DRAIN_GRACE="0",
+        BGPROXY_LOG_LEVEL="warning",
+    )
+
+
+async def kill_chain(
+    tmp_path: Path, upstreams: dict[str, Upstream], rng: random.Random, session: aiohttp.ClientSession
+) -> list[tuple[float, str, str, str, str]]:
+    """Start, switch, SIGKILL after a random delay, start again and check; repeat. Returns (delay, old, asked, got)."""
+    state_file = tmp_path / "state.json"
+    env = file_env(state_file)
+    outcomes = []
+    port, admin_port = free_port(), free_port()
+    proc = await ServeProcess(tmp_path, serve_args(upstreams, port, admin_port), env).start()
+    try:
+        await proc.wait_ready(admin_port)
+        for _ in range(KILLS):
+            before = json.loads(state_file.read_text())
+            old = before["active"]
+            asked = Color(old).other.value
+            delay = rng.uniform(0, MAX_DELAY)
+            switch = asyncio.create_task(
+                http(session, "POST", f"http://127.0.0.1:{admin_port}/switch", json={"to": asked, "reason": "kill"})
+            )
+            await asyncio.sleep(delay)  # the random moment of the crash, not a synchronisation
+            assert proc.proc is not None
+            proc.proc.send_signal(signal.SIGKILL)
+            assert await proc.wait() == -signal.SIGKILL
+            answer: Any = await asyncio.gather(switch, return_exceptions=True)
+
+            # Whatever happened, the file parses and names a colour somebody chose.
+            after = json.loads(state_file.read_text())
+            got = after["active"]
+            assert got in (old, asked)
+            if got == asked:
+                assert (after["previous"], after["revision"]) == (old, before["revision"] + 1)
+            else:
+                assert after == before
+            # A 200 answer means the switch was durable before the kill.
+            answered = not isinstance(answer[0], BaseException) and answer[0][0] == 200
+            if answered:
+                assert got == asked
+            outcomes.append((delay, old, asked, got, "answered" if answered else "no answer"))
+
+            port, admin_port = free_port(), free_port()
+            proc = await ServeProcess(tmp_path, serve_args(upstreams, port, admin_port), env).start()
+            await proc.wait_ready(admin_port)
+            status, _, body = await http(session, "GET", f"http://127.0.0.1:{admin_port}/state")
+            assert status == 200 and json.loads(body)["active"] == got
+            assert await served_by(session, port) == got
+    finally:
+        await proc.kill()
+    return outcomes
+
+
+async def test_a_process_killed_during_a_switch_restarts_on_a_colour_somebody_chose(
+    tmp_path: Path, upstreams: dict[str, Upstream]
+) -> None:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as s:
+        outcomes = await kill_chain(tmp_path, upstreams, random.Random(SEED), s)
+    assert len(outcomes) == KILLS
+    switched = sum(1 for o in outcomes if o[3] == o[2])
+    unanswered_switched = sum(1 for o in outcomes if o[3] == o[2] and o[4] == "no answer")
+    leftover = [name for name in await asyncio.to_thread(os.listdir, tmp_path) if name.endswith(".tmp")]
+    print(
+        f"\n[faults] {KILLS} SIGKILLs 0-{MAX_DELAY * 1000:.0f} ms after a switch request (seed {SEED}): "
+        f"{switched} restarted on the colour asked for ({unanswered_switched} of them before the answer reached the "
+        f"client), {KILLS - switched} on the old one, 0 on any other; temp files left behind: {len(leftover)}"
+    )
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc")
+async def test_an_unwritable_state_file_fails_the_flip_with_503_and_memory_and_disk_agree(
+    tmp_path: Path, upstreams: dict[str, Upstream]
+) -> None:
+    """The serve process reaches its state file through an inherited descriptor, /proc/self/fd/N: readable, but no
+    file can be created beside it, not even by root, so the atomic write (temp file + rename) fails as it would on
+    a read-only volume."""
+    real = tmp_path / "state.json"
+    real.write_text(json.dumps(initial_state(Color.BLUE, now=1.0).to_dict()))
+    on_disk = real.read_bytes()
+    fd = os.open(real, os.O_RDONLY)
+    try:
+        path = f"/proc/self/fd/{fd}"
+        port, admin_port = free_port(), free_port()
+        env = file_env(Path(path))
+        proc = ServeProcess(tmp_path, serve_args(upstreams, port, admin_port), env)
+        with proc.stderr_path.open("wb") as err:
+            proc.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bgproxy",
+                *proc.args,
+                env=env,
+                cwd=tmp_path,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=err,
+                pass_fds=(fd,),
+            )
+        try:
+            await proc.wait_ready(admin_port)
+            base = f"http://127.0.0.1:{admin_port}"
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as s:
+                _, _, before = await http(s, "GET", f"{base}/state")
+                assert json.loads(before)["store"] == {"backend": "file", "path": path}
+                for call, payload in (("/switch", {"to": "green"}), ("/promote", {"force": True})):
+                    status, headers, body = await http(s, "POST", base + call, json=payload)
+                    assert status == 503, body
+                    assert headers["Content-Type"].startswith("application/json")
+                    message = json.loads(body)["error"]
+                    assert "nothing was switched" in message and f"cannot write state file {path}" in message
+                    _, _, after = await http(s, "GET", f"{base}/state")
+                    assert json.loads(after) == json.loads(before)
+                    assert await served_by(s, port) == "blue"
+                # memory and disk agree: the state served is the state stored
+                stored = json.loads(real.read_text())
+                assert {k: v for k, v in json.loads(before).items() if k not in ("backends", "store")} == stored
+                assert real.read_bytes() == on_disk
+                _, _, history = await http(s, "GET", f"{base}/history")
+                assert json.loads(history) == {"history": []}
+                metrics = (await http(s, "GET", f"{base}/metrics"))[2]
+                assert 'bgproxy_active_color{color="blue"} 1.0' in metrics
+                assert "bgproxy_state_revision 0.0" in metrics
+            assert await proc.stop() == 0
+        finally:
+            await proc.kill()
+        assert '"flip_failed"' in proc.stderr and "cannot write state file" in proc.stderr
+
+        # Restarted on the real path: the colour on disk is the one it had been serving.
+        port, admin_port = free_port(), free_port()
+        async with serve_process(tmp_path, serve_args(upstreams, port, admin_port), file_env(real)) as again:
+            await again.wait_ready(admin_port)
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as s:
+                assert await served_by(s, port) == "blue"
+            assert await again.stop() == 0
+    finally:
+        os.close(fd)

@@ -173,6 +173,7 @@ class ClientConnection(asyncio.Protocol):
         self._paused = 0
         self._write_paused = False
         self._upgrade_buffer: list[bytes] | None = None
+        self._ws_closing = False
         self._reparse = False
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------------
@@ -201,6 +202,8 @@ class ClientConnection(asyncio.Protocol):
             self._buffer_upgrade(data)
             return
         if self.gone:
+            if self._ws_closing:  # the client's answer to our close frame: the handshake is complete
+                self.transport.close()
             return
         try:
             self.parser.feed_data(data)
@@ -235,7 +238,7 @@ class ClientConnection(asyncio.Protocol):
                 stats = ex.pool.stats
                 stats.inflight -= 1
                 # 499: the client went away before its answer was complete (nginx's convention).
-                stats.done(ex.method, 101 if tunnel is not None else 499, now - ex.started)
+                stats.done(ex.method, 101 if ex.status == 101 else 499, now - ex.started)
         self.queue.clear()
         self.server.connection_closed()
 
@@ -628,9 +631,13 @@ class ClientConnection(asyncio.Protocol):
         if tunnel is None:
             return
         if self.frames_in.at_boundary and self.frames_out.at_boundary:
+            # RFC 6455 §7.1.1: the client answers with its own close frame before the TCP connection ends, so
+            # stop relaying and close only once it spoke (or the drain's last second is up).
+            self.tunnel = None
+            tunnel.tunnel = None
+            self.gone = self._ws_closing = True
             self.transport.write(close_frame(masked=False))
             tunnel.transport.write(close_frame(masked=True))
-            self.transport.close()
             tunnel.transport.close()
         else:  # mid-frame: a close frame now would corrupt the stream
             self.transport.abort()

@@ -320,7 +320,6 @@ async def test_a_websocket_stays_usable_during_the_drain_and_gets_a_1001_close_a
     )
 
 
-@pytest.mark.xfail(strict=True, reason="ws close 1001 on drain: lead implementing")
 async def test_the_websocket_closing_handshake_completes_with_1001(
     tmp_path: Path, upstreams: dict[str, Upstream]
 ) -> None:

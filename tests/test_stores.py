@@ -424,3 +424,14 @@ async def test_memory_store_forgets_on_restart(
             assert (json.loads(body)["active"], json.loads(body)["revision"]) == ("blue", 0)
             assert await served_by(s, app.port) == "blue"
     assert leftovers(tmp_path, keep="") == []  # and writes nothing to disk
+
+
+async def test_temp_files_left_by_a_killed_write_are_swept_at_load(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    stale = tmp_path / ".state.json.abc123.tmp"
+    stale.write_text('{"active": "gre')  # a write cut short by SIGKILL
+    unrelated = tmp_path / ".other.json.abc123.tmp"
+    unrelated.write_text("not ours")
+    assert await FileStore(path).load() is None
+    assert not stale.exists()
+    assert unrelated.exists()

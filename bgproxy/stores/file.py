@@ -25,7 +25,17 @@ class FileStore:
         self.path = path
 
     async def load(self) -> State | None:
-        return await asyncio.to_thread(self._read)
+        return await asyncio.to_thread(self._load)
+
+    def _load(self) -> State | None:
+        # A process killed mid-write leaves its temp file behind; the state itself is whole either way.
+        directory = self.path.parent if str(self.path.parent) else Path(".")
+        for stale in directory.glob(f".{self.path.name}.*.tmp"):
+            try:
+                stale.unlink()
+            except OSError:
+                pass
+        return self._read()
 
     async def write(self, new: State, *, expected_revision: int) -> State:
         return await asyncio.to_thread(self._write, new, expected_revision)

@@ -273,7 +273,7 @@ class UpstreamConnection(asyncio.Protocol):
             out.append(b"Connection: keep-alive\r\n\r\n")
         else:
             out.append(b"\r\n")
-        self._out += out
+        self._out.append(b"".join(out))  # the head as one buffer; body chunks follow uncopied
         ex.status = status
         self._keep_alive = self.parser.should_keep_alive()
         if ex.head_request:

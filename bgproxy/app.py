@@ -174,5 +174,8 @@ def _raise_open_files_limit(max_connections: int) -> None:
     new = want if hard == resource.RLIM_INFINITY else min(want, hard)
     if new > soft:
         resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-    if new < want:
-        log(logger, "open_files_limit", level=logging.WARNING, limit=new, wanted=want)
+    if new < max_connections + 256:
+        # Not even the client connections fit: beyond the limit, accepts fail instead of a clear 503.
+        log(logger, "open_files_limit", level=logging.WARNING, limit=new, wanted=want, max_connections=max_connections)
+    elif new < want:
+        log(logger, "open_files_limit", level=logging.DEBUG, limit=new, wanted=want)

@@ -246,7 +246,7 @@ class UpstreamConnection(asyncio.Protocol):
                 upgrade = value
         out.insert(0, b"HTTP/1.1 %d %s\r\n" % (status, self._reason))
         out.append(self.pool.color_line)
-        keep_alive = ex.keep_alive and ex.request_done and not client.server.draining
+        keep_alive = client.keep_alive_for(ex)
         if status == 101:
             out += (b"Connection: Upgrade\r\nUpgrade: ", upgrade or b"websocket", b"\r\n\r\n")
             self._out += out

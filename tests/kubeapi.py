@@ -28,7 +28,9 @@ import copy
 import json
 import random
 import re
+import shutil
 import socket
+import subprocess
 import threading
 import uuid
 from collections import deque
@@ -46,10 +48,21 @@ Key = tuple[str, str]  # (namespace, name)
 
 _TRUE = {"1", "t", "T", "TRUE", "true", "True"}  # Go's strconv.ParseBool, which the apiserver uses
 _FALSE = {"0", "f", "F", "FALSE", "false", "False"}
-_REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
-            405: "MethodNotAllowed", 409: "Conflict", 410: "Expired", 415: "UnsupportedMediaType",
-            422: "Invalid", 429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable",
-            504: "Timeout"}
+_REASONS = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    409: "Conflict",
+    410: "Expired",
+    415: "UnsupportedMediaType",
+    422: "Invalid",
+    429: "TooManyRequests",
+    500: "InternalError",
+    503: "ServiceUnavailable",
+    504: "Timeout",
+}
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
 INITIAL_EVENTS_END = "k8s.io/initial-events-end"
@@ -66,8 +79,16 @@ class ApiError(Exception):
 
     def status(self) -> Obj:
         details: Obj = {"name": self.name, "kind": "configmaps"} if self.name else {}
-        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                "message": self.message, "reason": self.reason, "details": details, "code": self.code}
+        return {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "details": details,
+            "code": self.code,
+        }
 
     def response(self) -> web.Response:
         headers = {"Retry-After": "1"} if self.code == 429 else None
@@ -78,8 +99,9 @@ def _not_found(name: str) -> ApiError:
     return ApiError(404, f'configmaps "{name}" not found', name=name)
 
 
-def _conflict(name: str, why: str = "the object has been modified; please apply your changes to the latest "
-              "version and try again") -> ApiError:
+def _conflict(
+    name: str, why: str = "the object has been modified; please apply your changes to the latest version and try again"
+) -> ApiError:
     return ApiError(409, f'Operation cannot be fulfilled on configmaps "{name}": {why}', name=name)
 
 
@@ -178,8 +200,10 @@ class ConfigMapStore:
             if meta.get("resourceVersion") not in (None, "", cur_meta["resourceVersion"]):
                 raise _conflict(name)
             if meta.get("uid") not in (None, "", cur_meta["uid"]):
-                raise _conflict(name, f"Precondition failed: UID in precondition: {cur_meta['uid']}, "
-                                f"UID in object meta: {meta['uid']}")
+                raise _conflict(
+                    name,
+                    f"Precondition failed: UID in precondition: {cur_meta['uid']}, UID in object meta: {meta['uid']}",
+                )
             for system_field in ("uid", "resourceVersion", "creationTimestamp"):
                 meta[system_field] = cur_meta[system_field]
             meta.update(name=name, namespace=ns)
@@ -207,8 +231,10 @@ class ConfigMapStore:
         with self.lock:
             since = 0
             if rv in ("", "0"):
-                initial = [Event(int(o["metadata"]["resourceVersion"]), "ADDED", copy.deepcopy(o), None)
-                           for _, o in sorted(self._objects.items())]
+                initial = [
+                    Event(int(o["metadata"]["resourceVersion"]), "ADDED", copy.deepcopy(o), None)
+                    for _, o in sorted(self._objects.items())
+                ]
             else:
                 since = _parse_rv(rv)
                 if since < self.compacted_rv:
@@ -275,12 +301,17 @@ def _validate(obj: Obj) -> None:
             raise ApiError(400, f"json: cannot unmarshal {section} into map[string]string")
     name = meta.get("name", "")
     if len(name) > 253 or not _NAME_RE.match(name):
-        raise ApiError(422, f'ConfigMap "{name}" is invalid: metadata.name: Invalid value: "{name}": '
-                       "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, "
-                       "'-' or '.'", name=name)
+        raise ApiError(
+            422,
+            f'ConfigMap "{name}" is invalid: metadata.name: Invalid value: "{name}": '
+            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, "
+            "'-' or '.'",
+            name=name,
+        )
 
 
 # --- patches ------------------------------------------------------------------------------------------------
+
 
 def merge_patch(target: Any, patch: Any, strategic: bool = False) -> Any:
     """RFC 7386 merge patch; ``strategic`` adds the ``$patch``/``$...`` directives (ConfigMaps have no lists
@@ -367,6 +398,7 @@ def _remove(doc: Any, tokens: list[str]) -> Any:
 
 # --- protobuf (kubectl create configmap sends application/vnd.kubernetes.protobuf) --------------------------
 
+
 def _pb_fields(buf: bytes) -> Iterator[tuple[int, Any]]:
     """Yield (field number, value) of a protobuf message: ints for varints, bytes for length-delimited."""
 
@@ -388,10 +420,10 @@ def _pb_fields(buf: bytes) -> Iterator[tuple[int, Any]]:
             value, i = varint(i)
         elif wire == 2:
             n, i = varint(i)
-            value, i = buf[i:i + n], i + n
+            value, i = buf[i : i + n], i + n
         elif wire in (1, 5):
             n = 8 if wire == 1 else 4
-            value, i = buf[i:i + n], i + n
+            value, i = buf[i : i + n], i + n
         else:
             raise ValueError(f"unsupported protobuf wire type {wire}")
         yield key >> 3, value
@@ -422,8 +454,11 @@ def decode_configmap_protobuf(body: bytes) -> Obj:
     for number, section in ((11, "labels"), (12, "annotations")):
         if entries := [v for f, v in meta_fields if f == number]:
             meta[section] = _pb_map(entries)
-    obj: Obj = {"kind": type_meta.get(2, b"ConfigMap").decode(), "metadata": meta,
-                "apiVersion": type_meta.get(1, b"v1").decode()}
+    obj: Obj = {
+        "kind": type_meta.get(2, b"ConfigMap").decode(),
+        "metadata": meta,
+        "apiVersion": type_meta.get(1, b"v1").decode(),
+    }
     for number, section in ((2, "data"), (3, "binaryData")):
         if entries := [v for f, v in cm_fields if f == number]:
             obj[section] = _pb_map(entries, binary=number == 3)
@@ -433,6 +468,7 @@ def decode_configmap_protobuf(body: bytes) -> Obj:
 
 
 # --- selectors ----------------------------------------------------------------------------------------------
+
 
 def selector(field_selector: str, label_selector: str) -> Callable[[Obj], bool]:
     """Build a predicate from ``fieldSelector`` (metadata.name / metadata.namespace) and equality-based
@@ -475,6 +511,7 @@ def _filter_event(ev: Event, match: Callable[[Obj], bool]) -> str | None:
 
 # --- the HTTP server ----------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class RequestRecord:
     method: str
@@ -507,8 +544,9 @@ class KubeAPIServer:
     thread and event loop; the store survives restarts, like etcd behind a restarted apiserver.
     """
 
-    def __init__(self, port: int = 0, *, history_size: int = 1000, bookmark_interval: float = 1.0,
-                 host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, port: int = 0, *, history_size: int = 1000, bookmark_interval: float = 1.0, host: str = "127.0.0.1"
+    ) -> None:
         self.host, self.port = host, port
         self.bookmark_interval = bookmark_interval
         self.store = ConfigMapStore(history_size)
@@ -578,18 +616,21 @@ class KubeAPIServer:
     async def __aenter__(self) -> KubeAPIServer:
         return await asyncio.to_thread(self.start)
 
-    async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         await asyncio.to_thread(self.stop)
 
     def write_kubeconfig(self, path: str | Path, namespace: str = "default") -> Path:
         """Write a kubeconfig (JSON is YAML) for the Python client and kubectl: plain http, no auth."""
         config = {
-            "apiVersion": "v1", "kind": "Config", "preferences": {}, "current-context": "kubeapi",
+            "apiVersion": "v1",
+            "kind": "Config",
+            "preferences": {},
+            "current-context": "kubeapi",
             "clusters": [{"name": "kubeapi", "cluster": {"server": self.url}}],
             "users": [{"name": "kubeapi", "user": {}}],
-            "contexts": [{"name": "kubeapi", "context": {"cluster": "kubeapi", "user": "kubeapi",
-                                                           "namespace": namespace}}],
+            "contexts": [
+                {"name": "kubeapi", "context": {"cluster": "kubeapi", "user": "kubeapi", "namespace": namespace}}
+            ],
         }
         path = Path(path)
         path.write_text(json.dumps(config, indent=2))
@@ -603,11 +644,16 @@ class KubeAPIServer:
     def configmaps(self, namespace: str | None = None) -> list[Obj]:
         return self.store.snapshot(namespace)[0]
 
-    def set_configmap(self, name: str, data: dict[str, str], namespace: str = "default",
-                      labels: dict[str, str] | None = None) -> Obj:
+    def set_configmap(
+        self, name: str, data: dict[str, str], namespace: str = "default", labels: dict[str, str] | None = None
+    ) -> Obj:
         """Create or overwrite ``data`` (and ``labels``) unconditionally, as another writer would."""
-        obj: Obj = {"kind": "ConfigMap", "apiVersion": "v1", "data": dict(data),
-                    "metadata": {"name": name, "namespace": namespace}}
+        obj: Obj = {
+            "kind": "ConfigMap",
+            "apiVersion": "v1",
+            "data": dict(data),
+            "metadata": {"name": name, "namespace": namespace},
+        }
         if labels is not None:
             obj["metadata"]["labels"] = dict(labels)
         with self.store.lock:
@@ -703,8 +749,9 @@ class KubeAPIServer:
         app.router.add_get("/api/v1/configmaps", self._collection)
         app.router.add_route("*", "/api/v1/namespaces/{ns}/configmaps", self._collection)
         app.router.add_route("*", "/api/v1/namespaces/{ns}/configmaps/{name}", self._item)
-        self._runner = web.AppRunner(app, handle_signals=False, handler_cancellation=True,
-                                     shutdown_timeout=1.0, access_log=None)
+        self._runner = web.AppRunner(
+            app, handle_signals=False, handler_cancellation=True, shutdown_timeout=1.0, access_log=None
+        )
         await self._runner.setup()
         await web.SockSite(self._runner, sock).start()
 
@@ -730,8 +777,11 @@ class KubeAPIServer:
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         verb = _verb(request)
         with self.store.changed:
-            self.requests.append(RequestRecord(request.method, request.path, dict(request.query), verb,
-                                               request.headers.get("Content-Type", "")))
+            self.requests.append(
+                RequestRecord(
+                    request.method, request.path, dict(request.query), verb, request.headers.get("Content-Type", "")
+                )
+            )
             fault = next((f for f in self._faults if f.verb in (verb, "*") and f.remaining > 0), None)
             if fault is not None:
                 fault.remaining -= 1
@@ -780,8 +830,9 @@ class KubeAPIServer:
         if table := _as_table(request, items, str(list_rv)):
             return web.json_response(table)
         items = [{k: v for k, v in o.items() if k not in ("kind", "apiVersion")} for o in items]
-        return web.json_response({"kind": "ConfigMapList", "apiVersion": "v1",
-                                  "metadata": {"resourceVersion": str(list_rv)}, "items": items})
+        return web.json_response(
+            {"kind": "ConfigMapList", "apiVersion": "v1", "metadata": {"resourceVersion": str(list_rv)}, "items": items}
+        )
 
     async def _create(self, request: web.Request, ns: str) -> web.Response:
         obj = await _body(request)
@@ -789,13 +840,11 @@ class KubeAPIServer:
         if meta.get("namespace", ns) != ns:
             raise ApiError(400, _NS_MISMATCH)
         if meta.get("resourceVersion"):  # etcd3's store refuses it with a plain error: a 500
-            raise ApiError(500, "Internal error occurred: resourceVersion should not be set on objects to be "
-                           "created")
+            raise ApiError(500, "Internal error occurred: resourceVersion should not be set on objects to be created")
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = meta["generateName"] + "".join(random.choices("bcdfghjklmnpqrstvwxz2456789", k=5))
         if not meta.get("name"):
-            raise ApiError(422, "ConfigMap is invalid: metadata.name: Required value: name or generateName "
-                           "is required")
+            raise ApiError(422, "ConfigMap is invalid: metadata.name: Required value: name or generateName is required")
         meta.update(namespace=ns)
         obj.update(kind="ConfigMap", apiVersion="v1")
         _validate(obj)
@@ -811,8 +860,10 @@ class KubeAPIServer:
         if request.method == "PUT":
             body = await _body(request)
             if body.get("metadata", {}).get("name", name) != name:
-                raise ApiError(400, f"the name of the object ({body['metadata']['name']}) does not match the "
-                               f"name on the URL ({name})")
+                raise ApiError(
+                    400,
+                    f"the name of the object ({body['metadata']['name']}) does not match the name on the URL ({name})",
+                )
             if body.get("metadata", {}).get("namespace", ns) != ns:
                 raise ApiError(400, _NS_MISMATCH)
             return web.json_response(self.store.update(ns, name, lambda cur: body))
@@ -824,18 +875,19 @@ class KubeAPIServer:
             pre = options.get("preconditions") or {}
             deleted = self.store.delete(ns, name, pre.get("resourceVersion"), pre.get("uid"))
             details = {"name": name, "kind": "configmaps", "uid": deleted["metadata"]["uid"]}
-            return web.json_response({"kind": "Status", "apiVersion": "v1", "metadata": {},
-                                      "status": "Success", "details": details})
+            return web.json_response(
+                {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}
+            )
         raise web.HTTPMethodNotAllowed(request.method, ["GET", "PUT", "PATCH", "DELETE"])
 
-    async def _watch(self, request: web.Request, ns: str | None, match: Callable[[Obj], bool]
-                     ) -> web.StreamResponse:
+    async def _watch(self, request: web.Request, ns: str | None, match: Callable[[Obj], bool]) -> web.StreamResponse:
         q = request.query
         bookmarks = parse_bool(q.get("allowWatchBookmarks"), "allowWatchBookmarks")
         initial_events = parse_bool(q.get("sendInitialEvents"), "sendInitialEvents")
         if initial_events and (q.get("resourceVersionMatch") != "NotOlderThan" or not bookmarks):
-            raise ApiError(422, "sendInitialEvents requires resourceVersionMatch=NotOlderThan and "
-                           "allowWatchBookmarks=true")
+            raise ApiError(
+                422, "sendInitialEvents requires resourceVersionMatch=NotOlderThan and allowWatchBookmarks=true"
+            )
         try:
             timeout = float(q["timeoutSeconds"]) if q.get("timeoutSeconds") else None
         except ValueError:
@@ -912,37 +964,79 @@ class KubeAPIServer:
     # --- discovery ------------------------------------------------------------------------------------------
 
     async def _version(self, request: web.Request) -> web.Response:
-        return web.json_response({"major": "1", "minor": "32", "gitVersion": "v1.32.0-kubeapi",
-                                  "gitCommit": "0", "gitTreeState": "clean", "buildDate": "2025-01-01",
-                                  "goVersion": "go1.23", "compiler": "gc", "platform": "linux/amd64"})
+        return web.json_response(
+            {
+                "major": "1",
+                "minor": "32",
+                "gitVersion": "v1.32.0-kubeapi",
+                "gitCommit": "0",
+                "gitTreeState": "clean",
+                "buildDate": "2025-01-01",
+                "goVersion": "go1.23",
+                "compiler": "gc",
+                "platform": "linux/amd64",
+            }
+        )
 
     async def _api(self, request: web.Request) -> web.Response:
         # Answering the aggregated-discovery Accept with the legacy format is allowed; clients fall back.
-        return web.json_response({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
-            {"clientCIDR": "0.0.0.0/0", "serverAddress": f"{self.host}:{self.port}"}]})
+        return web.json_response(
+            {
+                "kind": "APIVersions",
+                "versions": ["v1"],
+                "serverAddressByClientCIDRs": [
+                    {"clientCIDR": "0.0.0.0/0", "serverAddress": f"{self.host}:{self.port}"}
+                ],
+            }
+        )
 
     async def _apis(self, request: web.Request) -> web.Response:
         return web.json_response({"kind": "APIGroupList", "apiVersion": "v1", "groups": []})
 
     async def _api_v1(self, request: web.Request) -> web.Response:
-        return web.json_response({"kind": "APIResourceList", "groupVersion": "v1", "resources": [
-            {"name": "configmaps", "singularName": "configmap", "namespaced": True, "kind": "ConfigMap",
-             "verbs": _VERBS, "shortNames": ["cm"], "storageVersionHash": "qFsyl6wFWjQ="}]})
+        return web.json_response(
+            {
+                "kind": "APIResourceList",
+                "groupVersion": "v1",
+                "resources": [
+                    {
+                        "name": "configmaps",
+                        "singularName": "configmap",
+                        "namespaced": True,
+                        "kind": "ConfigMap",
+                        "verbs": _VERBS,
+                        "shortNames": ["cm"],
+                        "storageVersionHash": "qFsyl6wFWjQ=",
+                    }
+                ],
+            }
+        )
 
     async def _openapi_root(self, request: web.Request) -> web.Response:
         return web.json_response({"paths": {"api/v1": {"serverRelativeURL": "/openapi/v3/api/v1?hash=1"}}})
 
     async def _openapi_v1(self, request: web.Request) -> web.Response:
         """What kubectl's field-validation check reads: the ConfigMap PATCH operation's query parameters."""
-        params = [{"name": n, "in": "query", "schema": {"type": "string"}}
-                  for n in ("dryRun", "fieldManager", "fieldValidation", "force")]
+        params = [
+            {"name": n, "in": "query", "schema": {"type": "string"}}
+            for n in ("dryRun", "fieldManager", "fieldValidation", "force")
+        ]
         gvk = {"group": "", "version": "v1", "kind": "ConfigMap"}
-        operation = {"operationId": "patchCoreV1NamespacedConfigMap", "parameters": params, "responses": {},
-                     "x-kubernetes-action": "patch", "x-kubernetes-group-version-kind": gvk}
-        return web.json_response({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.32.0"},
-                                  "paths": {"/api/v1/namespaces/{namespace}/configmaps/{name}": {
-                                      "patch": operation}},
-                                  "components": {"schemas": {}}})
+        operation = {
+            "operationId": "patchCoreV1NamespacedConfigMap",
+            "parameters": params,
+            "responses": {},
+            "x-kubernetes-action": "patch",
+            "x-kubernetes-group-version-kind": gvk,
+        }
+        return web.json_response(
+            {
+                "openapi": "3.0.0",
+                "info": {"title": "Kubernetes", "version": "v1.32.0"},
+                "paths": {"/api/v1/namespaces/{namespace}/configmaps/{name}": {"patch": operation}},
+                "components": {"schemas": {}},
+            }
+        )
 
     async def _ok(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")
@@ -953,9 +1047,11 @@ def _as_table(request: web.Request, items: list[Obj], rv: str) -> Obj | None:
     if "as=Table" not in request.headers.get("Accept", ""):
         return None
     include = request.query.get("includeObject", "PartialObjectMetadata")
-    columns = [{"name": "Name", "type": "string", "format": "name", "description": "Name", "priority": 0},
-               {"name": "Data", "type": "string", "format": "", "description": "Data", "priority": 0},
-               {"name": "Age", "type": "string", "format": "", "description": "Age", "priority": 0}]
+    columns = [
+        {"name": "Name", "type": "string", "format": "name", "description": "Name", "priority": 0},
+        {"name": "Data", "type": "string", "format": "", "description": "Data", "priority": 0},
+        {"name": "Age", "type": "string", "format": "", "description": "Age", "priority": 0},
+    ]
     rows = []
     for obj in items:
         size = len(obj.get("data") or {}) + len(obj.get("binaryData") or {})
@@ -963,11 +1059,19 @@ def _as_table(request: web.Request, items: list[Obj], rv: str) -> Obj | None:
         if include == "Object":
             row["object"] = obj
         elif include != "None":
-            row["object"] = {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
-                             "metadata": obj["metadata"]}
+            row["object"] = {
+                "kind": "PartialObjectMetadata",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": obj["metadata"],
+            }
         rows.append(row)
-    return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": rv},
-            "columnDefinitions": columns, "rows": rows}
+    return {
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": {"resourceVersion": rv},
+        "columnDefinitions": columns,
+        "rows": rows,
+    }
 
 
 def _age(timestamp: str) -> str:
@@ -1013,8 +1117,11 @@ async def _body(request: web.Request) -> Obj:
 async def _patcher(request: web.Request) -> Callable[[Obj], Obj]:
     """Parse a PATCH body into the change to apply under the store lock."""
     kind = request.content_type
-    if kind not in ("application/json-patch+json", "application/merge-patch+json",
-                    "application/strategic-merge-patch+json"):
+    if kind not in (
+        "application/json-patch+json",
+        "application/merge-patch+json",
+        "application/strategic-merge-patch+json",
+    ):
         raise ApiError(415, f"the server does not support patch content type {kind!r}")
     raw = await request.read()
     try:
@@ -1026,3 +1133,25 @@ async def _patcher(request: web.Request) -> Callable[[Obj], Obj]:
     if not isinstance(patch, dict):
         raise ApiError(400, "a merge patch must be a JSON object")
     return lambda cur: merge_patch(cur, patch, strategic=kind.startswith("application/strategic"))
+
+
+AsyncKubectl = Callable[..., Coroutine[Any, Any, "subprocess.CompletedProcess[str]"]]
+
+
+def kubectl_runner(kubeconfig: Path, workdir: Path, *, timeout: float) -> AsyncKubectl | None:
+    """An async `kubectl` against this kubeconfig with its own HOME and discovery cache; None if not installed."""
+    binary = shutil.which("kubectl")
+    if binary is None:
+        return None
+    home = workdir / "kubectl-home"
+    home.mkdir(exist_ok=True)
+
+    async def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        argv = [binary, "--kubeconfig", str(kubeconfig), "--cache-dir", str(workdir / "kcache"), *args]
+        env = {"HOME": str(home), "PATH": "/usr/bin:/bin"}
+        done = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, timeout=timeout, env=env)
+        if check and done.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed: {done.stderr}")
+        return done
+
+    return run

@@ -11,7 +11,6 @@ import contextlib
 import inspect
 import json
 import logging
-import shutil
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -27,7 +26,7 @@ from bgproxy.routing import Color, State
 from bgproxy.settings import load_settings
 from bgproxy.stores import StoreError
 from bgproxy.stores.configmap import BACKOFF_CAP, EDITED, configmap_data, read_configmap
-from tests.kubeapi import KubeAPIServer
+from tests.kubeapi import KubeAPIServer, kubectl_runner
 
 from .conftest import StartProxy, Upstream, free_port
 
@@ -157,26 +156,9 @@ def kubeconfig(api: KubeAPIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 @pytest.fixture
 def kubectl(kubeconfig: Path, tmp_path: Path) -> Kubectl:
-    binary = shutil.which("kubectl")
-    if binary is None:
+    run = kubectl_runner(kubeconfig, tmp_path, timeout=WAIT)
+    if run is None:
         pytest.skip("kubectl not installed")
-    home = tmp_path / "home"
-    home.mkdir()
-
-    async def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        argv = [binary, "--kubeconfig", str(kubeconfig), "--cache-dir", str(tmp_path / "kcache"), *args]
-        done = await asyncio.to_thread(
-            subprocess.run,
-            argv,
-            capture_output=True,
-            text=True,
-            timeout=WAIT,
-            env={"HOME": str(home), "PATH": "/usr/bin:/bin"},
-        )
-        if check and done.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed: {done.stderr}")
-        return done
-
     return run
 
 

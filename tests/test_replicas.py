@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -28,7 +27,7 @@ import aiohttp
 import pytest
 
 from bgproxy.stores.configmap import BACKOFF_CAP
-from tests.kubeapi import KubeAPIServer
+from tests.kubeapi import KubeAPIServer, kubectl_runner
 
 from .conftest import Upstream, free_port
 from .test_configmap import CM, NS, WAIT, parse_metric, stored, until
@@ -140,20 +139,9 @@ def kubeconfig(api: KubeAPIServer, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def kubectl(kubeconfig: Path, tmp_path: Path) -> Kubectl:
-    binary = shutil.which("kubectl")
-    if binary is None:
+    run = kubectl_runner(kubeconfig, tmp_path, timeout=WAIT)
+    if run is None:
         pytest.skip("kubectl not installed")
-    home = tmp_path / "kubectl-home"
-    home.mkdir()
-
-    async def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        argv = [binary, "--kubeconfig", str(kubeconfig), "--cache-dir", str(tmp_path / "kcache"), *args]
-        env = {"HOME": str(home), "PATH": "/usr/bin:/bin"}
-        done = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, timeout=WAIT, env=env)
-        if check and done.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed: {done.stderr}")
-        return done
-
     return run
 
 

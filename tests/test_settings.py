@@ -23,7 +23,7 @@ from bgproxy.routing import Color
 from bgproxy.settings import Address, SettingsError, load_settings
 
 from .conftest import TIMEOUT, Upstream, free_port
-from .test_stores import PROC_TIMEOUT, clean_env, serve_process
+from .test_stores import PROC_TIMEOUT, clean_env, serve_args, serve_process
 
 SECRET = "tok-DO-NOT-PRINT-4f1c"
 BLUE, GREEN = "http://127.0.0.1:9", "http://127.0.0.1:10"
@@ -327,17 +327,7 @@ async def test_token_from_file_protects_a_real_server(tmp_path: Path, upstreams:
         BGPROXY_LISTEN="not-an-address",  # overridden by --listen below
         BGPROXY_LOG_LEVEL="debug",
     )
-    args = [
-        "serve",
-        "--blue",
-        upstreams["blue"].url,
-        "--green",
-        upstreams["green"].url,
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--admin-listen",
-        f"127.0.0.1:{admin_port}",
-    ]
+    args = serve_args(upstreams, port, admin_port)
     base = f"http://127.0.0.1:{admin_port}"
     async with serve_process(tmp_path, args, env) as proc:
         await proc.wait_ready(admin_port)

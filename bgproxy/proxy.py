@@ -98,6 +98,7 @@ class Exchange:
         "chunked",
         "connecting",
         "expect_continue",
+        "has_body",
         "head",
         "head_request",
         "http10",
@@ -125,6 +126,7 @@ class Exchange:
         self.head = head  # the request head as the upstream gets it
         self.http10 = False
         self.keep_alive = True
+        self.has_body = False
         self.chunked = False
         self.expect_continue = False
         self.websocket = False
@@ -257,16 +259,18 @@ class ClientConnection(asyncio.Protocol):
 
     # -- httptools callbacks: the request -----------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self._url = b""
-        self._headers = []
-        self._head_size = 0
-        self._head_raw = 0
-        self._in_head = True
-
     def on_url(self, url: bytes) -> None:
-        self._url += url
-        if len(self._url) > self.server.max_request_line:
+        # The target is the first part of a request httptools reports: its first piece starts a new head
+        # (one callback fewer per request than on_message_begin).
+        if self._in_head:
+            url = self._url + url
+        else:
+            self._in_head = True
+            self._headers = []
+            self._head_size = 0
+            self._head_raw = 0
+        self._url = url
+        if len(url) > self.server.max_request_line:
             self._raise(414, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -317,7 +321,10 @@ class ClientConnection(asyncio.Protocol):
                 te = value
             elif kind == UPGRADE:
                 upgrade = value
-        http10 = parser.get_http_version() == "1.0"
+        keep_alive = parser.should_keep_alive()
+        # Keep-alive without a Connection header is HTTP/1.1 (1.0 needs "Connection: keep-alive"): that spares
+        # get_http_version, which formats a string, on nearly every request.
+        http10 = False if keep_alive and conn_value is None else parser.get_http_version() == "1.0"
         if host is None and not http10:
             self._raise(400, "missing Host header")
         if te is not None and te.strip().lower() != b"chunked":
@@ -336,7 +343,7 @@ class ClientConnection(asyncio.Protocol):
         )
         chunked = te is not None
         has_body = chunked or (length is not None and length.strip(b"0") != b"")
-        if parser.should_upgrade() and not websocket:
+        if upgrade is not None and not websocket and parser.should_upgrade():
             if has_body:
                 self._raise(501, "protocol upgrade with a request body is not supported")
             self._reparse = True  # httptools stops at the upgrade; we ignore it and parse on
@@ -369,7 +376,8 @@ class ClientConnection(asyncio.Protocol):
 
         ex = Exchange(method, self._url, pool, b"".join(out))
         ex.http10 = http10
-        ex.keep_alive = parser.should_keep_alive() and not websocket
+        ex.keep_alive = keep_alive and not websocket
+        ex.has_body = has_body
         ex.chunked = chunked
         ex.expect_continue = expect
         ex.websocket = websocket
@@ -469,6 +477,9 @@ class ClientConnection(asyncio.Protocol):
         ex.upstream = conn
         if self._write_paused:
             conn.pause_reading()
+        if not ex.has_body:  # the head is the whole request
+            conn.transport.write(ex.head)
+            return
         self._send(conn, (ex.head, *ex.pending) if ex.pending else (ex.head,))
         if ex.pending_bytes:
             ex.pending = []

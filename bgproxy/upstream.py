@@ -25,6 +25,17 @@ if TYPE_CHECKING:
     from .proxy import ClientConnection, Exchange
 
 MAX_IDLE_PER_COLOR = 512
+_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
+
+
+def status_line(status: int, reason: bytes) -> bytes:
+    """The status line as the client gets it; upstreams repeat a handful of them, so they are built once."""
+    line = _STATUS_LINES.get((status, reason))
+    if line is None:
+        line = b"HTTP/1.1 %d %s\r\n" % (status, reason)
+        if len(_STATUS_LINES) < 256:  # bounded: reason phrases are free text
+            _STATUS_LINES[(status, reason)] = line
+    return line
 
 
 class UpstreamPool:
@@ -108,7 +119,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.used = 0  # requests sent on this connection, to know whether a failure may be a stale reuse
         self.reading_paused = False  # by a client whose socket is full
         self.got_bytes = False
-        self._lines: list[bytes] = []  # the response head being built: name, ": ", value, CRLF per header
+        # The response head being built: [status line] + name, ": ", value, CRLF per header. Both lists are
+        # taken and replaced when a head completes, so no on_message_begin callback is needed.
+        self._lines: list[bytes] = [b""]
         self._framing: list[tuple[bytes, bytes]] = []  # hop-by-hop and framing headers, looked at once complete
         self._reason = b""
         self._out: list[bytes] = []
@@ -207,12 +220,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks ------------------------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self._lines = []
-        self._framing = []
-
     def on_status(self, reason: bytes) -> None:
-        self._reason = reason
+        self._reason += reason  # in pieces if the status line spans reads
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # Sorted on arrival, so that completing the head touches only the few headers that matter.
@@ -220,31 +229,35 @@ class UpstreamConnection(asyncio.Protocol):
         if lname in RESPONSE_DROP:
             self._framing.append((lname, value))
         else:
-            self._lines += (name, b": ", value, b"\r\n")
+            self._lines.extend((name, b": ", value, b"\r\n"))
 
     def on_headers_complete(self) -> None:
         ex = self.ex
         client = self.client
         assert ex is not None and client is not None
         status = self.parser.get_status_code()
-        if status < 200 and status != 101:
-            self._interim(status, ex)
-            return
         out = self._lines
+        framing = self._framing
+        out[0] = _STATUS_LINES.get((status, self._reason)) or status_line(status, self._reason)
+        self._lines = [b""]
+        self._framing = []
+        self._reason = b""
+        if status < 200 and status != 101:
+            self._interim(status, ex, out)
+            return
         length: bytes | None = None
         chunked = False
         upgrade: bytes | None = None
-        for lname, value in self._framing:
+        for lname, value in framing:
             if lname == b"content-length":
                 length = value
             elif lname == b"transfer-encoding":
                 chunked = True
             elif lname == b"connection":
                 if connection_tokens(value):  # it names more headers as hop-by-hop: rebuild without them
-                    out = drop_named(self._lines, connection_tokens(value))
+                    out[1:] = drop_named(out[1:], connection_tokens(value))
             elif lname == b"upgrade":
                 upgrade = value
-        out.insert(0, b"HTTP/1.1 %d %s\r\n" % (status, self._reason))
         out.append(self.pool.color_line)
         keep_alive = client.keep_alive_for(ex)
         if status == 101:
@@ -291,6 +304,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._out.append(body)
 
     def on_message_complete(self) -> None:
+        if self._framing or len(self._lines) > 1:
+            self._lines = [b""]  # trailers of a chunked body, reported as headers: dropped
+            self._framing = []
         ex = self.ex
         if ex is None or not ex.status or ex.status == 101:
             return  # an interim response ended; the final one follows
@@ -300,13 +316,13 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- helpers ------------------------------------------------------------------------------------------
 
-    def _interim(self, status: int, ex: Exchange) -> None:
+    def _interim(self, status: int, ex: Exchange, lines: list[bytes]) -> None:
         # 100 Continue goes to a client that asked for it; other 1xx (103) only to HTTP/1.1 clients.
         if status == 100:
             if ex.expect_continue:
                 self._out.append(b"HTTP/1.1 100 Continue\r\n\r\n")
         elif not ex.http10:
-            self._out += (b"HTTP/1.1 %d %s\r\n" % (status, self._reason), *self._lines, b"\r\n")
+            self._out += (*lines, b"\r\n")
 
     def _flush(self) -> None:
         out = self._out

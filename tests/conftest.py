@@ -226,6 +226,7 @@ class RawClient:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        self.status_line = b""  # of the last response read
 
     @classmethod
     async def connect(cls, port: int) -> RawClient:
@@ -239,6 +240,7 @@ class RawClient:
     async def read_response(self) -> tuple[int, dict[str, list[str]], bytes]:
         """One response, framed by Content-Length or chunked (no body for 1xx/204/304)."""
         head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        self.status_line = head.partition(b"\r\n")[0]
         lines = head.decode("latin-1").split("\r\n")
         status = int(lines[0].split(" ", 2)[1])
         headers: dict[str, list[str]] = {}

@@ -228,6 +228,54 @@ async def test_http10_client_gets_a_body_it_can_frame(raw) -> None:
     assert b"Transfer-Encoding" not in head and body == b"b" * 1000
 
 
+async def test_http10_keep_alive_client_keeps_its_connection(raw) -> None:
+    c = await raw()
+    for _ in range(2):
+        await c.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        status, headers, body = await c.read_response()
+        assert c.status_line.startswith(b"HTTP/1.1 200")
+        assert status == 200 and headers["connection"] == ["keep-alive"] and body == b"blue\n"
+    await c.send(b"GET / HTTP/1.0\r\n\r\n")  # no keep-alive asked: the answer closes
+    status, headers, _ = await c.read_response()
+    assert status == 200 and headers["connection"] == ["close"]
+    assert await c.closed()
+
+
+async def test_response_heads_in_pieces_with_trailers_stay_apart(start_proxy: StartProxy) -> None:
+    """A status line split across reads keeps its reason; a chunked body's trailers never reach the next head."""
+
+    def read_by_proxy() -> bool:
+        upstream = next(iter(app.proxy.connections)).queue[0].upstream
+        return upstream is not None and upstream.got_bytes
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await up.read_request(reader)
+        pieces = (b"HTTP/1.1 299 Custom Re", b"ason\r\nX-A: 1\r\nTransfer-Enc", b"oding: chunked\r\n\r\n3\r\nabc\r\n")
+        for piece in pieces:
+            writer.write(piece)
+            await writer.drain()
+            await wait_until(read_by_proxy, "the proxy read the piece")  # so that the next one is a read of its own
+        writer.write(b"0\r\nX-Trailer: t\r\nConnection: x\r\n\r\n")
+        await up.read_request(reader)
+        writer.write(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok")
+        await writer.drain()
+        await reader.read()
+
+    async with RawUpstream(handler) as up:
+        app = await start_proxy(blue_url=up.url)
+        c = await RawClient.connect(app.port)
+        await c.send(b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\n")
+        status, headers, body = await c.read_response()
+        assert status == 299 and c.status_line == b"HTTP/1.1 299 Custom Reason"
+        assert headers["x-a"] == ["1"] and headers["transfer-encoding"] == ["chunked"] and body == b"abc"
+        await c.send(b"GET /2 HTTP/1.1\r\nHost: h\r\n\r\n")
+        _, headers, body = await c.read_response()
+        assert c.status_line == b"HTTP/1.1 200 OK"  # an HTTP/1.0 upstream, answered in HTTP/1.1
+        assert body == b"ok" and "x-trailer" not in headers and headers["content-length"] == ["2"]
+        assert up.connections == 1
+        await c.close()
+
+
 async def test_upstream_garbage_is_502(start_proxy: StartProxy) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await up.read_request(reader)

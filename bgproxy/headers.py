@@ -27,12 +27,13 @@ IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"
 
 
 _NO_TOKENS: frozenset[bytes] = frozenset()
-_PLAIN_CONNECTION = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close", b"upgrade", b"Upgrade"})
+# Connection values that name no other header.
+PLAIN_CONNECTION = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close", b"upgrade", b"Upgrade"})
 
 
 def connection_tokens(value: bytes) -> frozenset[bytes]:
     """Header names listed in a Connection header, beyond the options everyone uses: they are hop-by-hop too."""
-    if value in _PLAIN_CONNECTION:  # nearly every response says just this
+    if value in PLAIN_CONNECTION:  # nearly every response says just this
         return _NO_TOKENS
     names = {t.strip().lower() for t in value.split(b",")}
     return frozenset(names - _CONNECTION_OPTIONS)

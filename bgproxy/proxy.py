@@ -217,7 +217,8 @@ class ClientConnection(asyncio.Protocol):
             self._flush()
             self._bad_request(exc)
             return
-        self._flush()
+        if self._out:  # body pieces gathered during this read
+            self._flush()
         self.active = True
         if self._in_head:
             self._head_incomplete(len(data))

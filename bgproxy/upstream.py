@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from .headers import RESPONSE_DROP, connection_tokens, drop_named
+from .headers import PLAIN_CONNECTION, RESPONSE_DROP, connection_tokens, drop_named
 from .metrics import ColorStats
 from .routing import Color
 from .settings import Upstream
@@ -120,7 +120,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.reading_paused = False  # by a client whose socket is full
         self.got_bytes = False
         # The response head being built: [status line] + name, ": ", value, CRLF per header. Both lists are
-        # taken and replaced when a head completes, so no on_message_begin callback is needed.
+        # replaced when a message ends, so no on_message_begin callback is needed.
         self._lines: list[bytes] = [b""]
         self._framing: list[tuple[bytes, bytes]] = []  # hop-by-hop and framing headers, looked at once complete
         self._reason = b""
@@ -239,8 +239,6 @@ class UpstreamConnection(asyncio.Protocol):
         out = self._lines
         framing = self._framing
         out[0] = _STATUS_LINES.get((status, self._reason)) or status_line(status, self._reason)
-        self._lines = [b""]
-        self._framing = []
         self._reason = b""
         if status < 200 and status != 101:
             self._interim(status, ex, out)
@@ -253,7 +251,7 @@ class UpstreamConnection(asyncio.Protocol):
                 length = value
             elif lname == b"transfer-encoding":
                 chunked = True
-            elif lname == b"connection":
+            elif lname == b"connection" and value not in PLAIN_CONNECTION:
                 if connection_tokens(value):  # it names more headers as hop-by-hop: rebuild without them
                     out[1:] = drop_named(out[1:], connection_tokens(value))
             elif lname == b"upgrade":
@@ -293,6 +291,8 @@ class UpstreamConnection(asyncio.Protocol):
             # httptools cannot be told that a HEAD response has no body: end it here, parse anew next time.
             self._complete = True
             self.parser = httptools.HttpResponseParser(self)
+            self._lines = [b""]
+            self._framing = []
 
     def on_body(self, body: bytes) -> None:
         if self._complete:
@@ -304,9 +304,8 @@ class UpstreamConnection(asyncio.Protocol):
             self._out.append(body)
 
     def on_message_complete(self) -> None:
-        if self._framing or len(self._lines) > 1:
-            self._lines = [b""]  # trailers of a chunked body, reported as headers: dropped
-            self._framing = []
+        self._lines = [b""]  # fresh for the next head; a chunked body's trailers (reported as headers) are dropped
+        self._framing = []
         ex = self.ex
         if ex is None or not ex.status or ex.status == 101:
             return  # an interim response ended; the final one follows

@@ -164,10 +164,14 @@ class ClientConnection(asyncio.Protocol):
         self.active = False
         self.peer = b""
         self.gone = False
+        # The request head as it arrives: the upstream's head in `_head` ([4 slots for the request line] +
+        # name, ": ", value, CRLF per header), and the headers that need a look in `_special` (kind, name, value).
         self._url = b""
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._head: list[bytes] = []
+        self._special: list[tuple[int, bytes, bytes]] = []
+        self._counting = False  # this read is large enough to carry an oversized head: count header bytes
         self._head_size = 0
-        self._head_raw = 0
+        self._head_raw = 0  # bytes of the earlier reads of a head that spans reads
         self._in_head = False
         self._reject: Reject | None = None
         self._out: list[bytes] = []
@@ -207,6 +211,9 @@ class ClientConnection(asyncio.Protocol):
             if self._ws_closing:  # the client's answer to our close frame: the handshake is complete
                 self.transport.close()
             return
+        # A read no larger than MAX_HEADER_BYTES cannot hold too many header bytes: headers are then not
+        # counted one by one (the head's size is checked once, when it spans reads).
+        self._counting = len(data) > self.server.max_header_bytes
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -267,7 +274,8 @@ class ClientConnection(asyncio.Protocol):
             url = self._url + url
         else:
             self._in_head = True
-            self._headers = []
+            self._head = [b"", b"", b"", b""]
+            self._special = []
             self._head_size = 0
             self._head_raw = 0
         self._url = url
@@ -275,29 +283,39 @@ class ClientConnection(asyncio.Protocol):
             self._raise(414, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_size += len(name) + len(value) + 4
-        if self._head_size > self.server.max_header_bytes:
-            self._raise(431, "request headers too large")
-        self._headers.append((name, value))
+        if self._counting or not self._in_head:  # a large read, or a chunked body's trailers (dropped)
+            self._head_size += len(name) + len(value) + 4
+            if self._head_size > self.server.max_header_bytes:
+                self._raise(431, "request headers too large")
+            if not self._in_head:
+                return
+        # Sorted on arrival: most headers go straight into the upstream's head, in their order.
+        kind = self.server.watch.get(name.lower())
+        if kind is None:
+            self._head.extend((name, b": ", value, b"\r\n"))
+            return
+        if kind < DROP:
+            self._head.extend((name, b": ", value, b"\r\n"))
+        self._special.append((kind, name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         srv = self.server
         parser = self.parser
-        headers = self._headers
-        self._headers = []  # trailers of a chunked body land here and are dropped
+        out = self._head
+        special = self._special
+        if self._head_raw and self._head_bytes(out, special) > srv.max_header_bytes:
+            self._raise(431, "request headers too large")
+        self._head_size = 0  # from here on, trailers are counted
         method = parser.get_method()
-        out = [method, b" ", self._url, b" HTTP/1.1\r\n"]
-        watch = srv.watch
+        out[0] = method
+        out[1] = b" "
+        out[2] = self._url
+        out[3] = b" HTTP/1.1\r\n"
         host = xff = conn_value = upgrade = te = length = preview = cookie = None
         has_xfp = has_xfh = expect = False
-        for name, value in headers:
-            kind = watch.get(name.lower())
-            if kind is None:
-                out += (name, b": ", value, b"\r\n")
-                continue
+        for kind, _, value in special:
             if kind < DROP:
-                out += (name, b": ", value, b"\r\n")
                 if kind == HOST:
                     if host is not None:
                         self._raise(400, "more than one Host header")
@@ -720,11 +738,17 @@ class ClientConnection(asyncio.Protocol):
         first.keep_alive = False
         self.parsing = None
 
+    @staticmethod
+    def _head_bytes(head: list[bytes], special: list[tuple[int, bytes, bytes]]) -> int:
+        """Header bytes of a head (name, value and 4 per header), as MAX_HEADER_BYTES counts them."""
+        dropped = [(name, value) for kind, name, value in special if kind >= DROP]
+        return sum(map(len, head)) + sum(len(name) + len(value) + 4 for name, value in dropped)
+
     def _head_incomplete(self, received: int) -> None:
         self._head_raw += received
         srv = self.server
         if self._head_raw > srv.max_request_line + srv.max_header_bytes:
-            self._refuse(431 if self._headers else 414, "request head too large")
+            self._refuse(431 if len(self._head) > 4 or self._special else 414, "request head too large")
             return
         if self.deadline_kind != DL_HEAD:
             self._set_head_deadline()

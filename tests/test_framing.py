@@ -227,3 +227,53 @@ async def test_connections_beyond_the_cap_are_refused_clearly(
         for c in [*held, extra]:
             await c.close()
     assert app.proxy is not None and app.proxy.refused >= 1
+
+
+async def head_pending(app: Bgproxy) -> None:
+    """Until the proxy has read part of a head and waits for the rest (so that the next send is a read of its own)."""
+    assert app.proxy is not None
+    async with asyncio.timeout(TIMEOUT):
+        while not any(conn._head_raw for conn in app.proxy.connections):  # noqa: ASYNC110 - bounded poll
+            await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("size,expected", [(900, 200), (1100, 431)])
+async def test_header_limit_holds_for_a_head_that_spans_reads(
+    strict_proxy: Bgproxy, recording_upstream: RawUpstream, size: int, expected: int
+) -> None:
+    """Two reads, each under MAX_HEADER_BYTES (2048 here); together over it (2 x 1100) or not (2 x 900)."""
+    c = await RawClient.connect(strict_proxy.port)
+    try:
+        await c.send(b"GET /spans HTTP/1.1\r\nHost: h\r\nX-A: " + b"a" * size + b"\r\n")
+        await head_pending(strict_proxy)
+        await c.send(b"X-B: " + b"b" * size + b"\r\n\r\n")
+        status, headers, _ = await c.read_response()
+        assert status == expected
+    finally:
+        await c.close()
+    received = bytes(recording_upstream.received)
+    if expected == 200:
+        assert b"x-a: " + b"a" * size in received.lower() and b"x-b: " + b"b" * size in received.lower()
+    else:
+        assert headers["connection"] == ["close"] and received == b""
+
+
+async def test_oversized_trailers_are_refused(strict_proxy: Bgproxy, recording_upstream: RawUpstream) -> None:
+    """Trailers of a chunked body count against MAX_HEADER_BYTES too; the body never completes upstream."""
+    c = await RawClient.connect(strict_proxy.port)
+    try:
+        await c.send(b"POST /t HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n")
+        async with asyncio.timeout(TIMEOUT):
+            while b"abc" not in recording_upstream.received:  # noqa: ASYNC110 - bounded poll
+                await asyncio.sleep(0.01)
+        # Small sends, each likely a read of its own, so no single read is over the limit; the 19th trailer
+        # (reported once the 20th begins) takes them past 2048 bytes. Nothing more is sent: the answer comes first.
+        for i in range(20):
+            await c.send(b"X-T%d: %s\r\n" % (i, b"t" * 100))
+            await asyncio.sleep(0)
+        status, headers, _ = await c.read_response()
+        assert status == 431 and headers["connection"] == ["close"]
+        assert await c.closed()
+    finally:
+        await c.close()
+    assert not bytes(recording_upstream.received).endswith(b"0\r\n\r\n")

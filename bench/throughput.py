@@ -10,7 +10,7 @@ from . import procstat
 from .harness import BenchError, Harness
 from .status import Statuses
 from .systems import Running
-from .wrk import WrkResult, run_wrk
+from .wrk import INGRESS_HEADERS, WrkResult, run_wrk
 
 
 @dataclass
@@ -46,8 +46,14 @@ def measure(h: Harness, system: Running, rep: int, path: str, script: Path, dura
     pids = system.pids()
     foreign = procstat.foreign_ticks()
     ticks, cores = procstat.cpu_ticks(pids), procstat.core_jiffies()
+    url_path, _, variant = path.partition("+")  # "/small+ingress": /small, with an Ingress's request headers
     result = run_wrk(
-        h.pinned([], h.load_cpu), system.url + path, script=script, duration=duration, connections=connections
+        h.pinned([], h.load_cpu),
+        system.url + url_path,
+        script=script,
+        duration=duration,
+        connections=connections,
+        headers=INGRESS_HEADERS if variant == "ingress" else (),
     )
     cpu = procstat.cpu_seconds_between(ticks, procstat.cpu_ticks(pids))
     after = procstat.core_jiffies()

@@ -4,12 +4,31 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .harness import BenchError, die_with_parent
 
 _MARK = "BENCH_JSON "
+
+# What ingress-nginx adds to a browser's request before it reaches the Service (X-Request-ID and the
+# X-Forwarded-* family), plus a browser's usual headers: real requests carry a dozen, wrk sends only Host.
+INGRESS_HEADERS = (
+    "X-Request-ID: 5f0c3a7e9d1b4c2a8e6f0b1d2c3e4f5a",
+    "X-Real-IP: 10.1.2.3",
+    "X-Forwarded-For: 10.1.2.3",
+    "X-Forwarded-Host: shop.example.com",
+    "X-Forwarded-Port: 443",
+    "X-Forwarded-Proto: https",
+    "X-Forwarded-Scheme: https",
+    "X-Scheme: https",
+    "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36",
+    "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+    "Accept-Encoding: gzip, deflate, br",
+    "Accept-Language: en-GB,en;q=0.9",
+    "Cookie: session=abc123; theme=dark",
+)
 
 # done() runs once in wrk's main thread after the load; latency figures are in microseconds.
 # %.0f rather than %d: counters can exceed 2^31 and LuaJIT's %d is picky about non-integers.
@@ -85,6 +104,7 @@ def run_wrk(
     connections: int,
     threads: int = 1,
     timeout_s: int = 2,
+    headers: Sequence[str] = (),
 ) -> WrkResult:
     """argv_prefix is e.g. ['taskset', '-c', '0'] (or []); duration in whole seconds (wrk takes integers)."""
     argv = [
@@ -97,6 +117,7 @@ def run_wrk(
         f"--timeout={timeout_s}s",
         "-s",
         str(script),
+        *(arg for header in headers for arg in ("-H", header)),
         url,
     ]
     try:

@@ -43,7 +43,7 @@ DL_NONE, DL_HEAD, DL_IDLE, DL_EXCHANGE = 0, 1, 2, 3
 
 # Headers of a request that need a look; everything else is copied through untouched.
 HOST, XF_PROTO, XF_HOST, EXPECT, COOKIE, PREVIEW = 1, 2, 3, 4, 5, 6
-DROP, CONNECTION, TRANSFER_ENCODING, CONTENT_LENGTH, UPGRADE, XF_FOR = 10, 11, 12, 13, 14, 15
+DROP, CONNECTION, TRANSFER_ENCODING, CONTENT_LENGTH, UPGRADE, XF_FOR, PROXY_CONNECTION = 10, 11, 12, 13, 14, 15, 16
 _WATCH = {name: DROP for name in REQUEST_DROP} | {
     b"host": HOST,
     b"x-forwarded-proto": XF_PROTO,
@@ -55,6 +55,7 @@ _WATCH = {name: DROP for name in REQUEST_DROP} | {
     b"content-length": CONTENT_LENGTH,
     b"upgrade": UPGRADE,
     b"x-forwarded-for": XF_FOR,
+    b"proxy-connection": PROXY_CONNECTION,
 }
 REASONS = {
     400: b"Bad Request",
@@ -211,9 +212,9 @@ class ClientConnection(asyncio.Protocol):
             if self._ws_closing:  # the client's answer to our close frame: the handshake is complete
                 self.transport.close()
             return
-        # A read no larger than MAX_HEADER_BYTES cannot hold too many header bytes: headers are then not
-        # counted one by one (the head's size is checked once, when it spans reads).
-        self._counting = len(data) > self.server.max_header_bytes
+        # A read this small cannot hold too many header bytes ("a:" CRLF, 4 bytes, counts 5): headers are then
+        # not counted one by one (the head's size is checked once, when it spans reads).
+        self._counting = len(data) > self.server.count_reads_over
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -229,6 +230,8 @@ class ClientConnection(asyncio.Protocol):
         self.active = True
         if self._in_head:
             self._head_incomplete(len(data))
+        elif self.deadline_kind == DL_IDLE:  # bytes, but no request yet (part of a method, empty lines)
+            self._set_head_deadline()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gone = True
@@ -313,7 +316,7 @@ class ClientConnection(asyncio.Protocol):
         out[2] = self._url
         out[3] = b" HTTP/1.1\r\n"
         host = xff = conn_value = upgrade = te = length = preview = cookie = None
-        has_xfp = has_xfh = expect = False
+        has_xfp = has_xfh = expect = proxy_connection = False
         for kind, _, value in special:
             if kind < DROP:
                 if kind == HOST:
@@ -340,10 +343,15 @@ class ClientConnection(asyncio.Protocol):
                 te = value
             elif kind == UPGRADE:
                 upgrade = value
+            elif kind == PROXY_CONNECTION:
+                proxy_connection = True
         keep_alive = parser.should_keep_alive()
-        # Keep-alive without a Connection header is HTTP/1.1 (1.0 needs "Connection: keep-alive"): that spares
-        # get_http_version, which formats a string, on nearly every request.
-        http10 = False if keep_alive and conn_value is None else parser.get_http_version() == "1.0"
+        # Keep-alive without a Connection (or Proxy-Connection, which llhttp reads alike) header is HTTP/1.1:
+        # 1.0 needs "Connection: keep-alive". That spares get_http_version, which formats a string.
+        if keep_alive and conn_value is None and not proxy_connection:
+            http10 = False
+        else:
+            http10 = parser.get_http_version() == "1.0"
         if host is None and not http10:
             self._raise(400, "missing Host header")
         if te is not None and te.strip().lower() != b"chunked":
@@ -394,6 +402,8 @@ class ClientConnection(asyncio.Protocol):
         out.append(b"\r\n")
 
         ex = Exchange(method, self._url, pool, b"".join(out))
+        out.clear()  # nothing of the head stays on an idle keep-alive connection
+        special.clear()
         ex.http10 = http10
         ex.keep_alive = keep_alive and not websocket
         ex.has_body = has_body
@@ -559,6 +569,8 @@ class ClientConnection(asyncio.Protocol):
         elif self.server.draining:
             self.gone = True
             self.transport.close()
+        elif self._in_head:  # a pipelined head is still arriving
+            self._set_head_deadline()
         else:
             self.deadline_kind = DL_IDLE
             self.deadline = 0.0  # the ticker starts the idle clock
@@ -745,12 +757,15 @@ class ClientConnection(asyncio.Protocol):
         return sum(map(len, head)) + sum(len(name) + len(value) + 4 for name, value in dropped)
 
     def _head_incomplete(self, received: int) -> None:
-        self._head_raw += received
+        if self._head_raw:
+            self._head_raw += received
+        else:  # the head began in this read, perhaps after the body of the request before it: count its own part
+            self._head_raw = len(self._url) + self._head_bytes(self._head, self._special)
         srv = self.server
         if self._head_raw > srv.max_request_line + srv.max_header_bytes:
             self._refuse(431 if len(self._head) > 4 or self._special else 414, "request head too large")
             return
-        if self.deadline_kind != DL_HEAD:
+        if self.deadline_kind != DL_HEAD and not self.queue:  # behind an exchange, its deadline rules
             self._set_head_deadline()
 
     def _set_head_deadline(self) -> None:
@@ -850,6 +865,7 @@ class ProxyServer:
         self.idle_timeout = settings.idle_timeout
         self.max_request_line = settings.max_request_line
         self.max_header_bytes = settings.max_header_bytes
+        self.count_reads_over = settings.max_header_bytes * 4 // 5
         self.max_connections = settings.max_connections
         self.access_log = settings.access_log
         self.connections: set[ClientConnection] = set()

@@ -138,6 +138,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.ex = ex
         self.used += 1
         self.got_bytes = False
+        self._reason = b""  # nothing of an earlier exchange may reach this one's head
         self._complete = False
         self._delimited = True
 
@@ -221,6 +222,8 @@ class UpstreamConnection(asyncio.Protocol):
     # -- httptools callbacks ------------------------------------------------------------------------------
 
     def on_status(self, reason: bytes) -> None:
+        if self._complete:
+            self._reusable = False  # a second response after the one asked for: the upstream is confused
         self._reason += reason  # in pieces if the status line spans reads
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -232,6 +235,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._lines.extend((name, b": ", value, b"\r\n"))
 
     def on_headers_complete(self) -> None:
+        if self._complete:
+            self._reusable = False  # a second response after the one asked for (see on_status): it goes nowhere
+            return
         ex = self.ex
         client = self.client
         assert ex is not None and client is not None
@@ -307,8 +313,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._lines = [b""]  # fresh for the next head; a chunked body's trailers (reported as headers) are dropped
         self._framing = []
         ex = self.ex
-        if ex is None or not ex.status or ex.status == 101:
-            return  # an interim response ended; the final one follows
+        if ex is None or not ex.status or ex.status == 101 or self._complete:
+            return  # an interim response ended (the final one follows), or a response nobody asked for
         if self._chunked_out:
             self._out.append(b"0\r\n\r\n")
         self._complete = True
@@ -336,7 +342,9 @@ class UpstreamConnection(asyncio.Protocol):
         client, ex = self.client, self.ex
         assert client is not None and ex is not None
         self.client = self.ex = None
-        if ex.request_done and self._reusable and self._keep_alive and not self.closed:
+        # Reused only if nothing followed the response (its lists were renewed when it ended, and stay empty).
+        clean = self._reusable and len(self._lines) == 1 and not self._framing
+        if ex.request_done and clean and self._keep_alive and not self.closed:
             if self.reading_paused:  # by a slow client; the next one must not inherit that
                 self.resume_reading()
             self.pool.put(self)

@@ -81,6 +81,8 @@ CASES = {
     "connect": (b"CONNECT internal:22 HTTP/1.1\r\nHost: internal:22\r\n\r\n", 405),
     "long-target": (b"GET /" + b"a" * 600 + b" HTTP/1.1\r\nHost: h\r\n\r\n", 414),
     "large-headers": (b"GET / HTTP/1.1\r\nHost: h\r\n" + b"X-Big: " + b"b" * 3000 + b"\r\n\r\n", 431),
+    # 1,800 bytes on the wire, 2,250 as header bytes count (name + value + 4): over the 2,048 limit in one read.
+    "many-tiny-headers": (b"GET / HTTP/1.1\r\nHost: h\r\n" + b"a:\r\n" * 450 + b"\r\n", 431),
 }
 
 
@@ -277,3 +279,64 @@ async def test_oversized_trailers_are_refused(strict_proxy: Bgproxy, recording_u
     finally:
         await c.close()
     assert not bytes(recording_upstream.received).endswith(b"0\r\n\r\n")
+
+
+async def test_part_of_a_method_after_a_response_gets_the_head_timeout(strict_proxy: Bgproxy) -> None:
+    """Bytes that start no request yet (here "GE") start the head clock: 408, not a silent idle close later."""
+    c = await RawClient.connect(strict_proxy.port)
+    try:
+        await c.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert (await c.read_response())[0] == 200
+        await c.send(b"GE")
+        status, headers, _ = await c.read_response()  # within TIMEOUT; the idle timeout is 60 s
+        assert status == 408 and headers["connection"] == ["close"]
+    finally:
+        await c.close()
+
+
+async def test_pipelined_head_in_pieces_waits_for_a_slow_exchange(start_proxy: StartProxy) -> None:
+    """A head arriving in pieces behind a slow exchange is not timed out by HEADER_TIMEOUT meanwhile."""
+    release = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await up.read_request(reader)
+            if head.startswith(b"GET /slow "):
+                await release.wait()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    async with RawUpstream(handler) as up:
+        app = await start_proxy(blue_url=up.url, header_timeout="0.2")
+        assert app.proxy is not None
+        c = await RawClient.connect(app.port)
+        try:
+            await c.send(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\r\nHo")
+            await head_pending(app)
+            conn = next(iter(app.proxy.connections))
+            async with asyncio.timeout(TIMEOUT):  # six ticks of the deadline ticker (0.05 s): past HEADER_TIMEOUT
+                for _ in range(6):
+                    conn.active = True
+                    while conn.active:  # noqa: ASYNC110 - bounded poll; the ticker clears the flag
+                        await asyncio.sleep(0.01)
+            await c.send(b"st: h\r\n\r\n")
+            release.set()
+            assert [(await c.read_response())[2] for _ in range(2)] == [b"ok", b"ok"]
+        finally:
+            await c.close()
+
+
+async def test_a_body_before_a_pipelined_head_does_not_count_as_head(
+    strict_proxy: Bgproxy, recording_upstream: RawUpstream
+) -> None:
+    """60,000 body bytes and the start of the next head in one read: the head is still small."""
+    c = await RawClient.connect(strict_proxy.port)
+    try:
+        post = b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 60000\r\n\r\n" + b"x" * 60000
+        await c.send(post + b"GET /next HTTP/1.1\r\nHo")
+        await head_pending(strict_proxy)
+        await c.send(b"st: h\r\n\r\n")
+        assert [(await c.read_response())[0] for _ in range(2)] == [200, 200]
+    finally:
+        await c.close()
+    assert b"GET /next " in bytes(recording_upstream.received)

@@ -276,6 +276,41 @@ async def test_response_heads_in_pieces_with_trailers_stay_apart(start_proxy: St
         await c.close()
 
 
+async def test_http10_client_with_proxy_connection_keep_alive_is_still_http10(raw) -> None:
+    """llhttp reads Proxy-Connection like Connection: keep-alive must not make it look like HTTP/1.1."""
+    c = await raw()
+    await c.send(b"GET /stream?size=1000&chunked=1 HTTP/1.0\r\nProxy-Connection: keep-alive\r\n\r\n")
+    data = await c.read_all()  # the body is framed by the connection's end: never chunked to HTTP/1.0
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"Transfer-Encoding" not in head and body == b"b" * 1000
+
+
+async def test_bytes_after_a_head_response_never_reach_the_next_client(start_proxy: StartProxy) -> None:
+    """An upstream that sends more than the HEAD response asked for: its connection is not reused."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await up.read_request(reader)
+        if head.startswith(b"HEAD "):
+            writer.write(b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 Leak\r\nSet-Cookie: session=attacker\r\nX-More")
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await reader.read()
+
+    async with RawUpstream(handler) as up:
+        app = await start_proxy(blue_url=up.url)
+        first = await RawClient.connect(app.port)
+        await first.send(b"HEAD /a HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert (await first.read_response())[0] == 204
+        second = await RawClient.connect(app.port)
+        await second.send(b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n")
+        _, headers, body = await second.read_response()
+        assert second.status_line == b"HTTP/1.1 200 OK" and "set-cookie" not in headers and body == b"ok"
+        assert up.connections == 2
+        await first.close()
+        await second.close()
+
+
 async def test_upstream_garbage_is_502(start_proxy: StartProxy) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await up.read_request(reader)

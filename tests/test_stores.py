@@ -129,11 +129,43 @@ async def http(session: aiohttp.ClientSession, method: str, url: str, **kw: Any)
         return r.status, dict(r.headers), await r.text()
 
 
+def file_store_app(upstreams: dict[str, Upstream], path: Path) -> Bgproxy:
+    """An app on a file store, not started: for the tests that check it refuses to start."""
+    return Bgproxy(
+        load_settings(
+            blue_url=upstreams["blue"].url,
+            green_url=upstreams["green"].url,
+            listen="127.0.0.1:0",
+            admin_listen="127.0.0.1:0",
+            state_backend="file",
+            state_file=str(path),
+        )
+    )
+
+
 async def served_by(session: aiohttp.ClientSession, port: int) -> str:
     status, headers, body = await http(session, "GET", f"http://127.0.0.1:{port}/")
     assert status == 200
     assert body == f"{headers['X-Bg-Color']}\n"
     return headers["X-Bg-Color"]
+
+
+async def assert_flips_refused(
+    session: aiohttp.ClientSession, base: str, port: int, path: str, flips: Sequence[tuple[str, dict[str, Any]]]
+) -> str:
+    """Each flip is refused with a 503 naming the state file it could not write, and nothing changes: the state
+    and the colour served stay as they were. Returns the state (JSON text) from before."""
+    _, _, before = await http(session, "GET", f"{base}/state")
+    for call, payload in flips:
+        status, headers, body = await http(session, "POST", base + call, json=payload)
+        assert status == 503, body
+        assert headers["Content-Type"].startswith("application/json")
+        message = json.loads(body)["error"]
+        assert "nothing was switched" in message and f"cannot write state file {path}" in message
+        _, _, after = await http(session, "GET", f"{base}/state")
+        assert json.loads(after) == json.loads(before)
+        assert await served_by(session, port) == "blue"
+    return before
 
 
 def read_state_file(path: Path) -> dict[str, Any]:
@@ -254,16 +286,7 @@ def socket_connect(port: int) -> None:
 async def test_corrupt_state_file_in_process_names_the_file(tmp_path: Path, upstreams: dict[str, Upstream]) -> None:
     path = tmp_path / "state.json"
     path.write_text('{"active": "green", "previous": "orange"}')
-    app = Bgproxy(
-        load_settings(
-            blue_url=upstreams["blue"].url,
-            green_url=upstreams["green"].url,
-            listen="127.0.0.1:0",
-            admin_listen="127.0.0.1:0",
-            state_backend="file",
-            state_file=str(path),
-        )
-    )
+    app = file_store_app(upstreams, path)
     with pytest.raises(StoreError) as info:
         async with app:
             pytest.fail("started on a corrupt state file")
@@ -274,16 +297,7 @@ async def test_corrupt_state_file_in_process_names_the_file(tmp_path: Path, upst
 async def test_state_file_under_a_regular_file_fails_the_start(tmp_path: Path, upstreams: dict[str, Upstream]) -> None:
     (tmp_path / "not-a-dir").write_text("x")
     path = tmp_path / "not-a-dir" / "state.json"
-    app = Bgproxy(
-        load_settings(
-            blue_url=upstreams["blue"].url,
-            green_url=upstreams["green"].url,
-            listen="127.0.0.1:0",
-            admin_listen="127.0.0.1:0",
-            state_backend="file",
-            state_file=str(path),
-        )
-    )
+    app = file_store_app(upstreams, path)
     with pytest.raises(StoreError, match="cannot read state file"):
         async with app:
             pytest.fail("started without a readable state file")
@@ -383,16 +397,7 @@ async def test_unwritable_state_directory_makes_switch_fail_with_503(tmp_path: P
         app = await start_proxy(state_backend="file", state_file=path)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as s:
             base = f"http://127.0.0.1:{app.admin_port}"
-            _, _, before = await http(s, "GET", f"{base}/state")
-            for call, payload in (("/switch", {"to": "green"}), ("/promote", {})):
-                status, headers, body = await http(s, "POST", base + call, json=payload)
-                assert status == 503, body
-                assert headers["Content-Type"].startswith("application/json")
-                message = json.loads(body)["error"]
-                assert "nothing was switched" in message and f"cannot write state file {path}" in message
-                _, _, after = await http(s, "GET", f"{base}/state")
-                assert json.loads(after) == json.loads(before)
-                assert await served_by(s, app.port) == "blue"
+            await assert_flips_refused(s, base, app.port, path, (("/switch", {"to": "green"}), ("/promote", {})))
             _, _, history = await http(s, "GET", f"{base}/history")
             assert json.loads(history) == {"history": []}
             assert json.loads(real.read_text())["active"] == "blue"

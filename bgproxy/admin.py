@@ -17,17 +17,16 @@ from typing import Any
 from aiohttp import web
 from yarl import URL
 
-from . import routing
+from .core import routing
+from .core.routing import MAX_REASON, Color, RoutingError
 from .log import log
 from .metrics import CONTENT_TYPE, Metrics
 from .openapi import OPENAPI
-from .routing import Color, RoutingError
 from .settings import Settings
 from .state import StateHolder
 from .stores import StoreError
 
 logger = logging.getLogger("bgproxy.admin")
-MAX_REASON = 1024
 # Room for a reason at its maximum length however a client encodes it: JSON may escape each character as a
 # surrogate pair, 12 bytes (\ud83d\ude80), so 4 KiB refused bodies the OpenAPI document allows.
 MAX_BODY = 16384

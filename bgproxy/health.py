@@ -13,9 +13,9 @@ import logging
 
 import aiohttp
 
+from .core.routing import Color
 from .log import log
 from .metrics import Metrics
-from .routing import Color
 from .settings import Settings, Upstream
 
 logger = logging.getLogger("bgproxy.health")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import __version__
+from .core.routing import MAX_REASON
 
 _COLOR = {"type": "string", "enum": ["blue", "green"]}
 _ERROR = {
@@ -58,7 +59,7 @@ def _flip(summary: str, *, body_required: bool, properties: dict[str, Any], requ
     }
 
 
-_REASON = {"type": "string", "maxLength": 1024}
+_REASON = {"type": "string", "maxLength": MAX_REASON}
 _FORCE = {"type": "boolean", "description": "switch even to a colour failing its health checks"}
 
 OPENAPI: dict[str, Any] = {

@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from . import routing
+from .core import routing
+from .core.preview import cookie_value, forwarded_client
+from .core.routing import Color
 from .headers import IDEMPOTENT, REQUEST_DROP, connection_tokens, drop_named, has_token
 from .log import log
-from .routing import Color
 from .upstream import UpstreamConnection, UpstreamPool
 from .websocket import FrameTracker, close_frame
 
@@ -428,12 +429,12 @@ class ClientConnection(asyncio.Protocol):
             value: str | None = preview.decode("latin-1")
         else:
             assert cookie is not None
-            value = routing.cookie_value(cookie.decode("latin-1"), srv.cookie_str)
+            value = cookie_value(cookie.decode("latin-1"), srv.cookie_str)
         if not value:
             return state.active
         policy = srv.preview_policy
         if not policy.open:
-            client = routing.forwarded_client(xff.decode("latin-1") if xff else None, self.peer.decode())
+            client = forwarded_client(xff.decode("latin-1") if xff else None, self.peer.decode())
             value = policy.admit(value, client)
             if value is None:
                 return state.active

@@ -15,7 +15,8 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from .routing import Color, IPNetwork, PreviewPolicy
+from .core.preview import IPNetwork, PreviewPolicy
+from .core.routing import Color
 
 ENV_PREFIX = "BGPROXY_"
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")

@@ -14,10 +14,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from . import routing
+from .core import routing
+from .core.routing import Color, State
 from .log import log
 from .metrics import Metrics
-from .routing import Color, State
 from .stores import Store, StoreConflict, StoreError
 
 logger = logging.getLogger("bgproxy.state")

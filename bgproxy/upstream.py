@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
+from .core.routing import Color
 from .headers import PLAIN_CONNECTION, RESPONSE_DROP, connection_tokens, drop_named
 from .metrics import ColorStats
-from .routing import Color
 from .settings import Upstream
 
 if TYPE_CHECKING:

@@ -22,7 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bgproxy.app import Bgproxy
-from bgproxy.routing import Color, State
+from bgproxy.core.routing import Color, State
 from bgproxy.settings import load_settings
 from bgproxy.stores import StoreError
 from bgproxy.stores.configmap import BACKOFF_CAP, EDITED, configmap_data, read_configmap

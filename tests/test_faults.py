@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bgproxy.routing import Color, initial_state
+from bgproxy.core.routing import Color, initial_state
 
 from .conftest import TIMEOUT, Upstream, free_port
 from .test_stores import ServeProcess, assert_flips_refused, clean_env, http, serve_args, serve_process, served_by

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bgproxy import routing
-from bgproxy.routing import Color, InvalidColor, NothingToRollBack, State
+from bgproxy.core import preview, routing
+from bgproxy.core.routing import Color, InvalidColor, NothingToRollBack, State
 
 BLUE, GREEN = Color.BLUE, Color.GREEN
 
@@ -235,7 +235,7 @@ def test_from_dict_bad_inputs_name_the_field(data: object, names: str) -> None:
     ],
 )
 def test_cookie_value(header: str, expected: str | None) -> None:
-    assert routing.cookie_value(header, "bg-preview") == expected
+    assert preview.cookie_value(header, "bg-preview") == expected
 
 
 # --- properties: any sequence of operations --------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.config import SchemathesisConfig
 
-from bgproxy.admin import MAX_REASON
+from bgproxy.core.routing import MAX_REASON
 from bgproxy.openapi import OPENAPI
 
 from .conftest import free_port

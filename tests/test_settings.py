@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 
 from bgproxy import cli
-from bgproxy.routing import Color
+from bgproxy.core.routing import Color
 from bgproxy.settings import Address, SettingsError, load_settings
 
 from .conftest import TIMEOUT, Upstream, free_port

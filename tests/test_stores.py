@@ -22,9 +22,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bgproxy import routing
 from bgproxy.app import Bgproxy
-from bgproxy.routing import Color, State
+from bgproxy.core import routing
+from bgproxy.core.routing import Color, State
 from bgproxy.settings import load_settings
 from bgproxy.stores import StoreConflict, StoreError
 from bgproxy.stores.file import FileStore

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Protocol
 
-from ..routing import State
+from ..core.routing import State
 
 if TYPE_CHECKING:
     from ..metrics import Metrics

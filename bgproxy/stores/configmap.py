@@ -48,8 +48,8 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
+from ..core.routing import MAX_REASON, Color, InvalidColor, State
 from ..log import log
-from ..routing import Color, InvalidColor, State
 from . import StoreConflict, StoreError
 
 if TYPE_CHECKING:
@@ -58,7 +58,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("bgproxy.configmap")
 
 KEY_ACTIVE, KEY_STATE, KEY_REASON = "active", "state", "reason"
-MAX_REASON = 1024
 EDITED = "ConfigMap edited"
 MERGE_PATCH = "application/merge-patch+json"
 

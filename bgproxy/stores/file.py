@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from ..routing import State
+from ..core.routing import State
 from . import StoreConflict, StoreError
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from ..routing import State
+from ..core.routing import State
 from . import StoreConflict
 
 

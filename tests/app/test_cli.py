@@ -16,9 +16,8 @@ import pytest
 
 from bgproxy import cli
 from bgproxy.app import Bgproxy
-
-from .conftest import TIMEOUT, StartProxy, free_port
-from .test_stores import PROC_TIMEOUT, ServeProcess, clean_env
+from tests.support.processes import PROC_TIMEOUT, ServeProcess, clean_env
+from tests.support.servers import TIMEOUT, StartProxy, free_port
 
 TOKEN = "cli-test-token-9d2e"
 

@@ -13,8 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bgproxy.admin import MAX_BODY
 from bgproxy.app import Bgproxy
-
-from .conftest import TIMEOUT, StartProxy, Upstream, free_port
+from tests.support.servers import TIMEOUT, StartProxy, Upstream, free_port
 
 # DESIGN's keys of GET /state (later issues add more: these must stay)
 STATE_KEYS = {"active", "standby", "previous", "revision", "updated_at", "source", "reason", "backends"}

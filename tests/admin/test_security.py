@@ -20,9 +20,8 @@ import aiohttp
 import pytest
 
 from bgproxy.app import Bgproxy
-
-from .conftest import TIMEOUT, StartProxy, Upstream, free_port
-from .test_stores import clean_env, serve_process
+from tests.support.processes import clean_env, serve_process
+from tests.support.servers import TIMEOUT, StartProxy, Upstream, free_port
 
 DEFAULT_ADMIN_PORT = 9090
 TOKEN = "sec-T0KEN-never-print-8c1d"

@@ -21,9 +21,8 @@ import pytest
 from bgproxy import cli
 from bgproxy.core.routing import Color
 from bgproxy.settings import Address, SettingsError, load_settings
-
-from .conftest import TIMEOUT, Upstream, free_port
-from .test_stores import PROC_TIMEOUT, clean_env, serve_args, serve_process
+from tests.support.processes import PROC_TIMEOUT, clean_env, serve_args, serve_process
+from tests.support.servers import TIMEOUT, Upstream, free_port
 
 SECRET = "tok-DO-NOT-PRINT-4f1c"
 BLUE, GREEN = "http://127.0.0.1:9", "http://127.0.0.1:10"

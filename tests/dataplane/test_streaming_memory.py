@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from .conftest import RawUpstream, free_port
+from tests.support.servers import RawUpstream, free_port
 
 GIB = 1 << 30
 BLOCK = b"z" * (1 << 20)

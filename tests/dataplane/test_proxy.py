@@ -9,8 +9,7 @@ import aiohttp
 import pytest
 
 from bgproxy.app import Bgproxy
-
-from .conftest import TIMEOUT, RawClient, RawUpstream, StartProxy, Upstream, free_port
+from tests.support.servers import TIMEOUT, RawClient, RawUpstream, StartProxy, Upstream, free_port
 
 
 def url(app: Bgproxy, path: str = "/") -> str:

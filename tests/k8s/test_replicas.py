@@ -27,14 +27,13 @@ import aiohttp
 import pytest
 
 from bgproxy.stores.configmap import BACKOFF_CAP
-from tests.kubeapi import KubeAPIServer, kubectl_runner
-
-from .conftest import Upstream, free_port
-from .test_configmap import CM, NS, WAIT, parse_metric, stored, until
+from tests.support.configmap import CM, NS, WAIT, parse_metric, stored, until
+from tests.support.kubeapi import KubeAPIServer, kubectl_runner
+from tests.support.servers import Upstream, free_port
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 START = 20.0  # seconds a replica may take to become ready (imports included)
 MERGE = "merge"
 

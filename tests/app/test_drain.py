@@ -22,8 +22,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from .conftest import TIMEOUT, RawClient, Upstream, free_port
-from .test_stores import clean_env, serve_args, serve_process
+from tests.support.processes import clean_env, serve_args, serve_process
+from tests.support.servers import TIMEOUT, RawClient, Upstream, free_port
 
 IN_FLIGHT = 20
 POLL = 0.02  # seconds between polls of a bounded wait

@@ -20,9 +20,16 @@ import aiohttp
 import pytest
 
 from bgproxy.core.routing import Color, initial_state
-
-from .conftest import TIMEOUT, Upstream, free_port
-from .test_stores import ServeProcess, assert_flips_refused, clean_env, http, serve_args, serve_process, served_by
+from tests.support.processes import (
+    ServeProcess,
+    assert_flips_refused,
+    clean_env,
+    http,
+    serve_args,
+    serve_process,
+    served_by,
+)
+from tests.support.servers import TIMEOUT, Upstream, free_port
 
 KILLS = 15
 SEED = 20251127

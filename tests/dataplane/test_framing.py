@@ -12,8 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bgproxy.app import Bgproxy
-
-from .conftest import TIMEOUT, RawClient, RawUpstream, StartProxy
+from tests.support.servers import TIMEOUT, RawClient, RawUpstream, StartProxy
 
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n"
 

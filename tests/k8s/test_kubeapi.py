@@ -1,4 +1,4 @@
-"""The fake API server in tests/kubeapi.py, checked against the real official Python client and real kubectl.
+"""The fake API server in tests/support/kubeapi.py, checked against the real official Python client and real kubectl.
 
 If these pass, a bgproxy test that uses the fake server exercises the same requests, errors and watch behaviour
 a real cluster would give it.
@@ -24,7 +24,7 @@ import urllib3
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
-from tests.kubeapi import KubeAPIServer, decode_configmap_protobuf
+from tests.support.kubeapi import KubeAPIServer, decode_configmap_protobuf
 
 NS = "default"
 MERGE = "application/merge-patch+json"

@@ -10,8 +10,7 @@ import aiohttp
 import pytest
 
 from bgproxy.app import Bgproxy
-
-from .conftest import TIMEOUT, StartProxy, Upstream
+from tests.support.servers import TIMEOUT, StartProxy, Upstream
 
 
 async def flip(session: aiohttp.ClientSession, app: Bgproxy, to: str) -> dict:

@@ -17,8 +17,7 @@ import pytest
 from aiohttp import web
 
 from bgproxy.app import Bgproxy
-
-from .conftest import TIMEOUT, RawUpstream, StartProxy, free_port
+from tests.support.servers import TIMEOUT, RawUpstream, StartProxy, free_port
 
 POLL = 0.02
 

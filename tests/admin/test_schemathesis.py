@@ -31,9 +31,8 @@ from schemathesis.config import SchemathesisConfig
 
 from bgproxy.core.routing import MAX_REASON
 from bgproxy.openapi import OPENAPI
-
-from .conftest import free_port
-from .test_stores import PROC_TIMEOUT, clean_env
+from tests.support.processes import PROC_TIMEOUT, clean_env
+from tests.support.servers import free_port
 
 TOKEN = "schemathesis-token-5b7e"
 EXAMPLES = 50  # per operation, generation mode and auth mode...

@@ -5,16 +5,12 @@ The restart and corrupt-file cases run the real `bgproxy serve` as a subprocess;
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -28,144 +24,17 @@ from bgproxy.core.routing import Color, State
 from bgproxy.settings import load_settings
 from bgproxy.stores import StoreConflict, StoreError
 from bgproxy.stores.file import FileStore
-
-from .conftest import TIMEOUT, StartProxy, Upstream, free_port
-
-PROC_TIMEOUT = 20.0
-
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without any BGPROXY_* variable, plus `extra`.
-
-    PYTHONPATH puts this checkout first, so the subprocess runs the code under test even when another copy of
-    bgproxy is installed.
-    """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BGPROXY_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    env.update(extra)
-    return env
-
-
-class ServeProcess:
-    """A real `python -m bgproxy ARGS` subprocess; stderr goes to a file so it can never block on a pipe."""
-
-    def __init__(self, tmp_path: Path, args: Sequence[str], env: dict[str, str]) -> None:
-        self.tmp_path = tmp_path
-        self.args = list(args)
-        self.env = env
-        self.proc: asyncio.subprocess.Process | None = None
-        self.stderr_path = tmp_path / f"stderr-{time.monotonic_ns()}.txt"
-
-    async def start(self, *, stdout: int | None = asyncio.subprocess.DEVNULL) -> ServeProcess:
-        with self.stderr_path.open("wb") as err:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bgproxy", *self.args, env=self.env, cwd=self.tmp_path, stdout=stdout, stderr=err
-            )
-        return self
-
-    @property
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    async def wait_ready(self, admin_port: int, *, deadline: float = PROC_TIMEOUT) -> None:
-        """Poll /readyz until it answers 200; a bounded wait that fails at once if the process died."""
-        assert self.proc is not None
-        end = time.monotonic() + deadline
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as s:
-            while time.monotonic() < end:
-                if self.proc.returncode is not None:
-                    pytest.fail(f"bgproxy exited with {self.proc.returncode} before ready:\n{self.stderr}")
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with s.get(f"http://127.0.0.1:{admin_port}/readyz") as r:
-                        if r.status == 200:
-                            return
-                await asyncio.sleep(0.05)  # between polls of a bounded wait, not synchronisation
-        pytest.fail(f"bgproxy not ready within {deadline}s:\n{self.stderr}")
-
-    async def wait(self) -> int:
-        assert self.proc is not None
-        return await asyncio.wait_for(self.proc.wait(), PROC_TIMEOUT)
-
-    async def stop(self, sig: int = signal.SIGTERM) -> int:
-        assert self.proc is not None
-        if self.proc.returncode is None:
-            self.proc.send_signal(sig)
-        return await self.wait()
-
-    async def kill(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
-
-
-@contextlib.asynccontextmanager
-async def serve_process(tmp_path: Path, args: Sequence[str], env: dict[str, str]) -> AsyncIterator[ServeProcess]:
-    p = ServeProcess(tmp_path, args, env)
-    try:
-        yield await p.start()
-    finally:
-        await p.kill()  # only if a failed test left it running
-
-
-def serve_args(upstreams: dict[str, Upstream], port: int, admin_port: int) -> list[str]:
-    return [
-        "serve",
-        "--blue",
-        upstreams["blue"].url,
-        "--green",
-        upstreams["green"].url,
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--admin-listen",
-        f"127.0.0.1:{admin_port}",
-    ]
-
-
-async def http(session: aiohttp.ClientSession, method: str, url: str, **kw: Any) -> tuple[int, dict[str, str], str]:
-    async with session.request(method, url, **kw) as r:
-        return r.status, dict(r.headers), await r.text()
-
-
-def file_store_app(upstreams: dict[str, Upstream], path: Path) -> Bgproxy:
-    """An app on a file store, not started: for the tests that check it refuses to start."""
-    return Bgproxy(
-        load_settings(
-            blue_url=upstreams["blue"].url,
-            green_url=upstreams["green"].url,
-            listen="127.0.0.1:0",
-            admin_listen="127.0.0.1:0",
-            state_backend="file",
-            state_file=str(path),
-        )
-    )
-
-
-async def served_by(session: aiohttp.ClientSession, port: int) -> str:
-    status, headers, body = await http(session, "GET", f"http://127.0.0.1:{port}/")
-    assert status == 200
-    assert body == f"{headers['X-Bg-Color']}\n"
-    return headers["X-Bg-Color"]
-
-
-async def assert_flips_refused(
-    session: aiohttp.ClientSession, base: str, port: int, path: str, flips: Sequence[tuple[str, dict[str, Any]]]
-) -> str:
-    """Each flip is refused with a 503 naming the state file it could not write, and nothing changes: the state
-    and the colour served stay as they were. Returns the state (JSON text) from before."""
-    _, _, before = await http(session, "GET", f"{base}/state")
-    for call, payload in flips:
-        status, headers, body = await http(session, "POST", base + call, json=payload)
-        assert status == 503, body
-        assert headers["Content-Type"].startswith("application/json")
-        message = json.loads(body)["error"]
-        assert "nothing was switched" in message and f"cannot write state file {path}" in message
-        _, _, after = await http(session, "GET", f"{base}/state")
-        assert json.loads(after) == json.loads(before)
-        assert await served_by(session, port) == "blue"
-    return before
+from tests.support.processes import (
+    PROC_TIMEOUT,
+    assert_flips_refused,
+    clean_env,
+    file_store_app,
+    http,
+    serve_args,
+    serve_process,
+    served_by,
+)
+from tests.support.servers import TIMEOUT, StartProxy, Upstream, free_port
 
 
 def read_state_file(path: Path) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""The admin API: calls, errors, auth and cross-site guards, and fuzzing against its OpenAPI document."""

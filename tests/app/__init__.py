@@ -1,0 +1,1 @@
+"""The whole process: settings, the CLI, health probes, drain on SIGTERM."""

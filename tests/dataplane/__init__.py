@@ -1,0 +1,1 @@
+"""The data plane over real sockets: forwarding, framing, websockets, streaming, flips under traffic."""

@@ -1,0 +1,1 @@
+"""The state stores: memory, file, and the ConfigMap store against the test API server."""

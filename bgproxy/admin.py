@@ -7,7 +7,6 @@ Handlers validate input and delegate the decision to `routing` through the state
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 import logging
 import time
@@ -22,7 +21,7 @@ from .core.routing import MAX_REASON, Color, RoutingError
 from .log import log
 from .metrics import CONTENT_TYPE, Metrics
 from .openapi import OPENAPI
-from .settings import Settings
+from .settings import Settings, is_loopback_host
 from .state import StateHolder
 from .stores import StoreError
 
@@ -94,7 +93,7 @@ def _cross_site(request: web.Request) -> str | None:
             return f"cross-origin request from {origin!r} refused: the admin API is not for web pages"
     if request.headers.get("Sec-Fetch-Site", "").lower() in ("cross-site", "same-site"):
         return "cross-site request refused: the admin API is not for web pages"
-    if request.app[SETTINGS].admin_token is None and not _loopback_name(request.url.host):
+    if request.app[SETTINGS].admin_token is None and not is_loopback_host(request.url.host):
         return (
             f"request for Host {request.host!r} refused: without BGPROXY_ADMIN_TOKEN the admin API only takes "
             "flips addressed to 127.0.0.1, [::1] or localhost"
@@ -102,27 +101,13 @@ def _cross_site(request: web.Request) -> str | None:
     return None
 
 
-def _loopback_name(host: str | None) -> bool:
-    if not host:
-        return False
-    host = host.rstrip(".").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def state_body(request: web.Request) -> dict[str, Any]:
     holder, settings = request.app[HOLDER], request.app[SETTINGS]
     body = holder.current.to_dict()
-    urls = {Color.BLUE: settings.blue_url, Color.GREEN: settings.green_url}
+    urls = settings.upstreams()
     healthy = request.app[METRICS].healthy
     body["store"] = holder.store.describe()
-    body["backends"] = {
-        c.value: {"url": up.url if (up := urls[c]) is not None else None, "healthy": healthy[c]} for c in Color
-    }
+    body["backends"] = {c.value: {"url": urls[c].url, "healthy": healthy[c]} for c in Color}
     return body
 
 

@@ -34,7 +34,7 @@ class Bgproxy:
     """One running bgproxy: `async with Bgproxy(settings) as app:` serves until the block ends."""
 
     def __init__(self, settings: Settings) -> None:
-        settings.require_upstreams()
+        settings.upstreams()
         self.settings = settings
         self.metrics = Metrics()
         self.store = open_store(settings, self.metrics)

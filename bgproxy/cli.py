@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .log import setup_logging
             from .stores import StoreError
 
-            settings.require_upstreams()
+            settings.upstreams()
             setup_logging(settings.log_level, settings.log_format)
             try:
                 _run(serve(settings))

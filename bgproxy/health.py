@@ -23,8 +23,7 @@ logger = logging.getLogger("bgproxy.health")
 
 class HealthChecker:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
-        blue, green = settings.require_upstreams()
-        self.upstreams: dict[Color, Upstream] = {Color.BLUE: blue, Color.GREEN: green}
+        self.upstreams: dict[Color, Upstream] = settings.upstreams()
         self.metrics = metrics
         self.path = settings.health_path
         self.interval = settings.health_interval

@@ -837,7 +837,6 @@ class ProxyServer:
         *,
         on_health: Callable[[Color, bool], None] | None = None,
     ) -> None:
-        blue, green = settings.require_upstreams()
         self.settings = settings
         self.holder = holder
         self.loop = asyncio.get_running_loop()
@@ -853,7 +852,7 @@ class ProxyServer:
                 connect_timeout=settings.upstream_connect_timeout,
                 on_health=on_health or metrics.set_healthy,
             )
-            for color, upstream in ((routing.Color.BLUE, blue), (routing.Color.GREEN, green))
+            for color, upstream in settings.upstreams().items()
         }
         self.watch = dict(_WATCH)
         if settings.preview_header:

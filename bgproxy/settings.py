@@ -35,12 +35,20 @@ class Address(NamedTuple):
 
     @property
     def is_loopback(self) -> bool:
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
+        return is_loopback_host(self.host)
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """Whether a host name or address can only mean this machine (127.0.0.0/8, ::1, localhost)."""
+    if not host:
+        return False
+    host = host.rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Upstream(NamedTuple):
@@ -252,14 +260,15 @@ class Settings(BaseSettings):
         except OSError:
             return "default"
 
-    def require_upstreams(self) -> tuple[Upstream, Upstream]:
+    def upstreams(self) -> dict[Color, Upstream]:
+        """Each colour's upstream: the one colour-to-URL map. `serve` needs both; the error names what is missing."""
         missing = [f"{ENV_PREFIX}{n.upper()}" for n in ("blue_url", "green_url") if getattr(self, n) is None]
         if missing:
             raise SettingsError(
                 f"{' and '.join(missing)} required: the upstream base URL(s), e.g. http://app-blue:8080"
             )
         assert self.blue_url is not None and self.green_url is not None
-        return self.blue_url, self.green_url
+        return {Color.BLUE: self.blue_url, Color.GREEN: self.green_url}
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -165,7 +165,7 @@ async def test_bad_value_exits_2_naming_the_variable(
 
 def test_missing_both_urls_names_both() -> None:
     with pytest.raises(SettingsError) as info:
-        load_settings().require_upstreams()
+        load_settings().upstreams()
     assert "BGPROXY_BLUE_URL and BGPROXY_GREEN_URL" in str(info.value)
 
 

@@ -15,10 +15,10 @@ import signal
 from aiohttp import web
 
 from .admin import build_admin_app
+from .dataplane import ProxyServer
 from .health import HealthChecker
 from .log import log
 from .metrics import Metrics
-from .proxy import ProxyServer
 from .settings import Settings
 from .state import StateHolder
 from .stores import open_store

@@ -234,7 +234,7 @@ async def head_pending(app: Bgproxy) -> None:
     """Until the proxy has read part of a head and waits for the rest (so that the next send is a read of its own)."""
     assert app.proxy is not None
     async with asyncio.timeout(TIMEOUT):
-        while not any(conn._head_raw for conn in app.proxy.connections):  # noqa: ASYNC110 - bounded poll
+        while not any(conn.head_raw for conn in app.proxy.connections):  # noqa: ASYNC110 - bounded poll
             await asyncio.sleep(0.01)
 
 
@@ -315,8 +315,8 @@ async def test_pipelined_head_in_pieces_waits_for_a_slow_exchange(start_proxy: S
             conn = next(iter(app.proxy.connections))
             async with asyncio.timeout(TIMEOUT):  # six ticks of the deadline ticker (0.05 s): past HEADER_TIMEOUT
                 for _ in range(6):
-                    conn.active = True
-                    while conn.active:  # noqa: ASYNC110 - bounded poll; the ticker clears the flag
+                    conn.progress = True
+                    while conn.progress:  # noqa: ASYNC110 - bounded poll; the ticker clears the flag
                         await asyncio.sleep(0.01)
             await c.send(b"st: h\r\n\r\n")
             release.set()
@@ -339,3 +339,79 @@ async def test_a_body_before_a_pipelined_head_does_not_count_as_head(
     finally:
         await c.close()
     assert b"GET /next " in bytes(recording_upstream.received)
+
+
+async def test_an_endless_trailer_line_is_refused_with_431(
+    strict_proxy: Bgproxy, recording_upstream: RawUpstream
+) -> None:
+    """A trailer that never ends is buffered by httptools until it ends: its raw bytes are bounded like a head's.
+
+    Fails while nothing bounds it: the proxy keeps reading (and buffering) and never answers."""
+    c = await RawClient.connect(strict_proxy.port)
+
+    async def send_forever() -> None:
+        # Far beyond MAX_REQUEST_LINE + MAX_HEADER_BYTES (512 + 2048 here), in reads without body bytes.
+        try:
+            await c.send(b"POST /t HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: ")
+            for _ in range(1000):
+                await c.send(b"t" * 512)
+                await asyncio.sleep(0.001)  # separate reads
+        except ConnectionError:
+            pass  # the proxy closed the connection after its answer
+
+    sender = asyncio.create_task(send_forever())
+    try:
+        status, headers, body = await c.read_response()
+        assert status == 431 and headers["connection"] == ["close"], body
+        assert b"trailers too large" in body
+        assert await c.closed()
+    finally:
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+        await c.close()
+    assert not bytes(recording_upstream.received).endswith(b"0\r\n\r\n")  # the body never completed upstream
+
+
+@pytest.mark.parametrize(
+    "method,bodiless",
+    [
+        ("GET", b"HTTP/1.1 204 No Content\r\n\r\n"),
+        ("GET", b"HTTP/1.1 304 Not Modified\r\nETag: x\r\n\r\n"),
+        ("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+    ],
+)
+@pytest.mark.parametrize("extra", [b"HTTP/1.", b"HTTP/1.1 20", b"HTTP/1.1 200 OK\r\nContent-Le"])
+async def test_a_pooled_connection_that_said_more_than_a_bodiless_response_is_not_reused(
+    start_proxy: StartProxy, method: str, bodiless: bytes, extra: bytes
+) -> None:
+    """Bytes after a bodiless response (here part of an extra status line) mean the upstream is confused: that
+    connection must not carry the next exchange. Fails while it is pooled: the next request gets a 502."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await up.read_request(reader)
+            if head.startswith(b"GET /ok "):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            else:
+                writer.write(bodiless + extra)  # one write: the response and what follows it arrive together
+            await writer.drain()
+
+    async with RawUpstream(handler) as up:
+        app = await start_proxy(blue_url=up.url)
+        c = await RawClient.connect(app.port)
+        try:
+            await c.send(f"{method} /bodiless HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+            status, _, _ = await c.read_response() if method != "HEAD" else await read_head_only(c)
+            assert status in (200, 204, 304)
+            await c.send(b"GET /ok HTTP/1.1\r\nHost: h\r\n\r\n")
+            status, _, body = await c.read_response()
+            assert (status, body) == (200, b"ok")
+            assert up.connections == 2  # the confused connection was closed, not reused
+        finally:
+            await c.close()
+
+
+async def read_head_only(c: RawClient) -> tuple[int, dict[str, list[str]], bytes]:
+    """The answer to a HEAD request: a head, whatever Content-Length says, and no body."""
+    head = await asyncio.wait_for(c.reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+    return int(head.split(b" ", 2)[1]), {}, b""

@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from bgproxy.websocket import FrameTracker, close_frame
+from bgproxy.dataplane.websocket import FrameTracker, close_frame
 
 
 def frame(payload: bytes, *, masked: bool, opcode: int = 0x2) -> bytes:

@@ -1,30 +1,23 @@
-"""The upstream side of the data plane: one keep-alive pool per colour and the protocol that reads responses.
+"""One connection to an upstream: it sends a request head and body, parses the response with httptools, rewrites
+only the head (hop-by-hop headers out, the colour header in, framing re-declared) and passes body bytes straight to
+the client, everything one `data_received` produced in one `writelines`.
 
-An `UpstreamConnection` serves one exchange at a time. It parses the response with httptools, rewrites only
-the head (hop-by-hop headers out, the colour header in, framing re-declared) and passes body bytes straight
-to the client, everything one `data_received` produced in one `writelines`.
+It serves one exchange at a time and talks to the client side only through `exchange.Downstream`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ssl
-from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from .core.routing import Color
-from .headers import PLAIN_CONNECTION, RESPONSE_DROP, connection_tokens, drop_named
-from .metrics import ColorStats
-from .settings import Upstream
+from .headers import LAST_CHUNK, PLAIN_CONNECTION, RESPONSE_DROP, chunk, connection_tokens, drop_named
 
 if TYPE_CHECKING:
-    from prometheus_client import Counter
+    from .exchange import Downstream, Exchange
+    from .pool import UpstreamPool
 
-    from .proxy import ClientConnection, Exchange
-
-MAX_IDLE_PER_COLOR = 512
 _STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
 
 
@@ -38,72 +31,6 @@ def status_line(status: int, reason: bytes) -> bytes:
     return line
 
 
-class UpstreamPool:
-    """Everything about one colour that the hot path needs, resolved once at start-up."""
-
-    def __init__(
-        self,
-        color: Color,
-        upstream: Upstream,
-        *,
-        stats: ColorStats,
-        errors: dict[str, Counter],
-        color_header: str,
-        connect_timeout: float,
-        on_health: Callable[[Color, bool], None],
-    ) -> None:
-        self.color = color
-        self.upstream = upstream
-        self.stats = stats
-        self.errors = errors
-        self.color_line = f"{color_header}: {color.value}\r\n".encode() if color_header else b""
-        self.connect_timeout = connect_timeout
-        self.on_health = on_health
-        self.host_header = upstream.host_header.encode()
-        self._ssl = ssl.create_default_context() if upstream.scheme == "https" else None
-        self.idle: list[UpstreamConnection] = []
-
-    def take(self) -> UpstreamConnection | None:
-        """The most recently used idle connection: the least likely to have been closed by the upstream."""
-        idle = self.idle
-        while idle:
-            conn = idle.pop()
-            if not conn.closed:
-                return conn
-        return None
-
-    def put(self, conn: UpstreamConnection) -> None:
-        if len(self.idle) < MAX_IDLE_PER_COLOR:
-            self.idle.append(conn)
-        else:
-            conn.transport.close()
-
-    def discard(self, conn: UpstreamConnection) -> None:
-        try:
-            self.idle.remove(conn)
-        except ValueError:
-            pass
-
-    async def connect(self) -> UpstreamConnection:
-        loop = asyncio.get_running_loop()
-        up = self.upstream
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                _, conn = await loop.create_connection(
-                    lambda: UpstreamConnection(self), up.host, up.port, ssl=self._ssl
-                )
-        except (OSError, TimeoutError):
-            self.on_health(self.color, False)  # a passive signal; active probes refine it
-            raise
-        self.on_health(self.color, True)
-        return conn
-
-    def close(self) -> None:
-        for conn in self.idle:
-            conn.transport.close()
-        self.idle.clear()
-
-
 class UpstreamConnection(asyncio.Protocol):
     """One TCP connection to an upstream; bound to a client exchange while a request is on it."""
 
@@ -113,14 +40,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool = pool
         self.closed = False
         self.parser = httptools.HttpResponseParser(self)
-        self.client: ClientConnection | None = None
+        self.client: Downstream | None = None
         self.ex: Exchange | None = None
-        self.tunnel: ClientConnection | None = None
         self.used = 0  # requests sent on this connection, to know whether a failure may be a stale reuse
         self.reading_paused = False  # by a client whose socket is full
         self.got_bytes = False
-        # The response head being built: [status line] + name, ": ", value, CRLF per header. Both lists are
-        # replaced when a message ends, so no on_message_begin callback is needed.
+        # The response head being built: [status line] + name, ": ", value, CRLF per header.
         self._lines: list[bytes] = [b""]
         self._framing: list[tuple[bytes, bytes]] = []  # hop-by-hop and framing headers, looked at once complete
         self._reason = b""
@@ -128,12 +53,12 @@ class UpstreamConnection(asyncio.Protocol):
         self._chunked_out = False
         self._delimited = True  # the response has Content-Length or chunked framing
         self._complete = False
-        self._reusable = True
+        self._reusable = True  # nothing but the response asked for came on this connection
         self._keep_alive = False
 
     # -- binding ------------------------------------------------------------------------------------------
 
-    def bind(self, client: ClientConnection, ex: Exchange) -> None:
+    def bind(self, client: Downstream, ex: Exchange) -> None:
         self.client = client
         self.ex = ex
         self.used += 1
@@ -142,7 +67,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._complete = False
         self._delimited = True
 
-    def _unbind(self) -> None:
+    def detach(self) -> None:
+        """No exchange is bound any more (the client went, or the connection became a websocket tunnel)."""
         self.client = None
         self.ex = None
 
@@ -163,18 +89,13 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
 
     def data_received(self, data: bytes) -> None:
-        tunnel = self.tunnel
-        if tunnel is not None:
-            tunnel.frames_out.feed(data)
-            tunnel.transport.write(data)
-            return
         client = self.client
         if client is None:
             # An idle connection must not speak: whatever it says cannot belong to any request.
             self.transport.close()
             return
         self.got_bytes = True
-        client.active = True  # progress: the read timeout starts over
+        client.progress = True  # the read timeout starts over
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -194,11 +115,6 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        tunnel = self.tunnel
-        if tunnel is not None:
-            self.tunnel = None
-            tunnel.tunnel_closed()
-            return
         if self.client is None:
             self.pool.discard(self)
             return
@@ -210,20 +126,24 @@ class UpstreamConnection(asyncio.Protocol):
         self._fail("reset", "upstream closed the connection")
 
     def pause_writing(self) -> None:
-        client = self.client or self.tunnel
-        if client is not None:
-            client.pause_reading_for_upstream()
+        if self.client is not None:
+            self.client.pause_reading_for_upstream()
 
     def resume_writing(self) -> None:
-        client = self.client or self.tunnel
-        if client is not None:
-            client.resume_reading_for_upstream()
+        if self.client is not None:
+            self.client.resume_reading_for_upstream()
 
     # -- httptools callbacks ------------------------------------------------------------------------------
 
-    def on_status(self, reason: bytes) -> None:
+    def on_message_begin(self) -> None:
         if self._complete:
-            self._reusable = False  # a second response after the one asked for: the upstream is confused
+            # Anything after the response asked for, even part of a status line: the upstream is confused, and
+            # the connection must not carry the next exchange.
+            self._reusable = False
+        self._lines = [b""]
+        self._framing = []
+
+    def on_status(self, reason: bytes) -> None:
         self._reason += reason  # in pieces if the status line spans reads
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -236,14 +156,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         if self._complete:
-            self._reusable = False  # a second response after the one asked for (see on_status): it goes nowhere
-            return
+            return  # a second response after the one asked for (see on_message_begin): it goes nowhere
         ex = self.ex
         client = self.client
         assert ex is not None and client is not None
         status = self.parser.get_status_code()
         out = self._lines
-        framing = self._framing
         out[0] = _STATUS_LINES.get((status, self._reason)) or status_line(status, self._reason)
         self._reason = b""
         if status < 200 and status != 101:
@@ -252,7 +170,7 @@ class UpstreamConnection(asyncio.Protocol):
         length: bytes | None = None
         chunked = False
         upgrade: bytes | None = None
-        for lname, value in framing:
+        for lname, value in self._framing:
             if lname == b"content-length":
                 length = value
             elif lname == b"transfer-encoding":
@@ -294,29 +212,26 @@ class UpstreamConnection(asyncio.Protocol):
         ex.status = status
         self._keep_alive = self.parser.should_keep_alive()
         if ex.head_request:
-            # httptools cannot be told that a HEAD response has no body: end it here, parse anew next time.
+            # httptools cannot be told that a HEAD response has no body: end it here, parse anew next time
+            # (what the old parser still reads of this data counts as bytes after the response).
             self._complete = True
             self.parser = httptools.HttpResponseParser(self)
-            self._lines = [b""]
-            self._framing = []
 
     def on_body(self, body: bytes) -> None:
         if self._complete:
             self._reusable = False  # bytes after a bodiless response: the upstream is confused
             return
         if self._chunked_out:
-            self._out += (b"%x\r\n" % len(body), body, b"\r\n")
+            self._out += chunk(body)
         else:
             self._out.append(body)
 
     def on_message_complete(self) -> None:
-        self._lines = [b""]  # fresh for the next head; a chunked body's trailers (reported as headers) are dropped
-        self._framing = []
         ex = self.ex
         if ex is None or not ex.status or ex.status == 101 or self._complete:
             return  # an interim response ended (the final one follows), or a response nobody asked for
         if self._chunked_out:
-            self._out.append(b"0\r\n\r\n")
+            self._out.append(LAST_CHUNK)
         self._complete = True
 
     # -- helpers ------------------------------------------------------------------------------------------
@@ -341,10 +256,8 @@ class UpstreamConnection(asyncio.Protocol):
         """The response is complete: hand the connection back (or close it) and tell the client side."""
         client, ex = self.client, self.ex
         assert client is not None and ex is not None
-        self.client = self.ex = None
-        # Reused only if nothing followed the response (its lists were renewed when it ended, and stay empty).
-        clean = self._reusable and len(self._lines) == 1 and not self._framing
-        if ex.request_done and clean and self._keep_alive and not self.closed:
+        self.detach()
+        if ex.request_done and self._reusable and self._keep_alive and not self.closed:
             if self.reading_paused:  # by a slow client; the next one must not inherit that
                 self.resume_reading()
             self.pool.put(self)
@@ -354,7 +267,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _fail(self, kind: str, reason: str) -> None:
         client, ex = self.client, self.ex
-        self._unbind()
+        self.detach()
         if not self.closed:
             self.transport.close()
         if client is not None and ex is not None:
@@ -362,10 +275,6 @@ class UpstreamConnection(asyncio.Protocol):
 
     def abandon(self) -> None:
         """The client went away mid-exchange: this request's upstream side is of no use to anyone."""
-        self._unbind()
+        self.detach()
         if not self.closed:
             self.transport.close()
-
-    def detach_for_tunnel(self, client: ClientConnection) -> None:
-        self._unbind()
-        self.tunnel = client

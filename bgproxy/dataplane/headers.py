@@ -1,4 +1,4 @@
-"""Header rules shared by both directions of the data plane (RFC 9110 §7.6.1 hop-by-hop headers).
+"""HTTP/1.1 rules shared by both directions of the data plane: hop-by-hop headers (RFC 9110 §7.6.1), chunk framing.
 
 Names are compared as lower-case bytes, straight from the parser, with no decoding on the hot path.
 """
@@ -50,3 +50,11 @@ def drop_named(lines: list[bytes], drop: frozenset[bytes]) -> list[bytes]:
 
 def has_token(value: bytes, token: bytes) -> bool:
     return any(t.strip().lower() == token for t in value.split(b","))
+
+
+def chunk(body: bytes) -> tuple[bytes, bytes, bytes]:
+    """A body piece framed as one chunk (RFC 9112 §7.1), for a body the proxy re-declares as chunked."""
+    return (b"%x\r\n" % len(body), body, b"\r\n")
+
+
+LAST_CHUNK = b"0\r\n\r\n"

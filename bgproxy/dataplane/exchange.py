@@ -1,0 +1,100 @@
+"""One request and its response (`Exchange`), and the small interface the upstream side uses to talk back to the
+client side (`Downstream`), so that the upstream module never imports the client one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from time import perf_counter
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .pool import UpstreamPool
+    from .upstream import UpstreamConnection
+
+
+class Downstream(Protocol):
+    """What an upstream connection needs from the client connection its exchange came from."""
+
+    transport: asyncio.Transport
+    progress: bool  # set on every read: the exchange's read timeout starts over
+
+    def keep_alive_for(self, ex: Exchange) -> bool: ...
+
+    def response_complete(self, ex: Exchange) -> None: ...
+
+    def upstream_failed(self, ex: Exchange, conn: UpstreamConnection, kind: str, reason: str) -> None: ...
+
+    def start_tunnel(self, conn: UpstreamConnection, rest: bytes) -> None: ...
+
+    def pause_reading_for_upstream(self) -> None: ...
+
+    def resume_reading_for_upstream(self) -> None: ...
+
+
+class Exchange:
+    """One request and its response; created when the request head is complete, on the colour chosen then."""
+
+    __slots__ = (
+        "chunked",
+        "connecting",
+        "expect_continue",
+        "has_body",
+        "head",
+        "head_request",
+        "http10",
+        "ignore_upgrade",
+        "keep_alive",
+        "method",
+        "path",
+        "pending",
+        "pending_bytes",
+        "pool",
+        "request_done",
+        "response_done",
+        "retried",
+        "retryable",
+        "started",
+        "status",
+        "upstream",
+        "websocket",
+    )
+
+    def __init__(self, method: bytes, path: bytes, pool: UpstreamPool, head: bytes) -> None:
+        # Per request, so the flags the head decides are set by the caller (cheaper than keyword arguments).
+        self.method = method
+        self.path = path
+        self.pool = pool
+        self.head = head  # the request head as the upstream gets it
+        self.http10 = False
+        self.keep_alive = True
+        self.has_body = False
+        self.chunked = False
+        self.expect_continue = False
+        self.websocket = False
+        self.ignore_upgrade = False  # an Upgrade that is not a websocket: dropped as hop-by-hop, parsed on as HTTP
+        self.retryable = False
+        self.head_request = method == b"HEAD"
+        self.pending: list[bytes] = []  # body received while no upstream connection is attached yet
+        self.pending_bytes = 0
+        self.connecting: asyncio.Task[None] | None = None
+        self.request_done = False
+        self.response_done = False
+        self.retried = False
+        self.started = 0.0
+        self.status = 0  # of the response, once its head went to the client
+        self.upstream: UpstreamConnection | None = None
+
+    def start(self) -> None:
+        """Counted in flight on its colour from now on."""
+        self.pool.stats.inflight += 1
+        self.started = perf_counter()  # uvloop's clock moves in whole milliseconds: too coarse for durations
+
+    def finish(self, code: int) -> float:
+        """The one place an exchange's end is counted: status `code` on its colour; returns the time it took."""
+        self.response_done = True
+        seconds = perf_counter() - self.started
+        stats = self.pool.stats
+        stats.inflight -= 1
+        stats.done(self.method, code, seconds)
+        return seconds

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from time import perf_counter
 from typing import TYPE_CHECKING, cast
 
 import httptools
@@ -30,8 +31,8 @@ if TYPE_CHECKING:
     from .upstream import UpstreamConnection
 
 access_logger = logging.getLogger("bgproxy.access")
-# Module constants for the per-request path (a global lookup instead of an attribute lookup on the enum).
-NO_DEADLINE, HEAD, IDLE, EXCHANGE = Deadline.NONE, Deadline.HEAD, Deadline.IDLE, Deadline.EXCHANGE
+# Plain-int module constants for the per-request path (exact ints compare on CPython's fast path).
+NO_DEADLINE, HEAD, IDLE, EXCHANGE = (int(k) for k in Deadline)
 
 
 class ClientConnection(asyncio.Protocol):
@@ -218,7 +219,8 @@ class ClientConnection(asyncio.Protocol):
     # -- one exchange at a time ---------------------------------------------------------------------------
 
     def _start(self, ex: Exchange) -> None:
-        ex.start()
+        ex.pool.stats.inflight += 1  # until Exchange.finish
+        ex.started = perf_counter()  # uvloop's clock moves in whole milliseconds: too coarse for durations
         self.deadline_kind = EXCHANGE
         self.deadline = 0.0  # the ticker starts the read clock
         conn = ex.pool.take()

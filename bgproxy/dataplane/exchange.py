@@ -81,14 +81,9 @@ class Exchange:
         self.request_done = False
         self.response_done = False
         self.retried = False
-        self.started = 0.0
+        self.started = 0.0  # perf_counter() when it started: from then on it counts in flight on its colour
         self.status = 0  # of the response, once its head went to the client
         self.upstream: UpstreamConnection | None = None
-
-    def start(self) -> None:
-        """Counted in flight on its colour from now on."""
-        self.pool.stats.inflight += 1
-        self.started = perf_counter()  # uvloop's clock moves in whole milliseconds: too coarse for durations
 
     def finish(self, code: int) -> float:
         """The one place an exchange's end is counted: status `code` on its colour; returns the time it took."""

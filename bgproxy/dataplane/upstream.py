@@ -256,7 +256,7 @@ class UpstreamConnection(asyncio.Protocol):
         """The response is complete: hand the connection back (or close it) and tell the client side."""
         client, ex = self.client, self.ex
         assert client is not None and ex is not None
-        self.detach()
+        self.client = self.ex = None
         if ex.request_done and self._reusable and self._keep_alive and not self.closed:
             if self.reading_paused:  # by a slow client; the next one must not inherit that
                 self.resume_reading()

@@ -13,7 +13,7 @@ import json
 import logging
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -49,20 +49,6 @@ Kubectl = Callable[..., Awaitable[subprocess.CompletedProcess[str]]]
 
 
 # --- in-process bgproxy against the fake API server ----------------------------------------------------------
-
-
-@pytest.fixture
-def api() -> Iterator[KubeAPIServer]:
-    with KubeAPIServer(bookmark_interval=0.5) as server:
-        yield server
-
-
-@pytest.fixture
-def kubeconfig(api: KubeAPIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = api.write_kubeconfig(tmp_path / "kubeconfig")
-    monkeypatch.setenv("KUBECONFIG", str(path))
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)  # never the CI pod's own cluster
-    return path
 
 
 @pytest.fixture

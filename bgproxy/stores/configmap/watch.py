@@ -60,8 +60,11 @@ class Reconnect:
 class ConfigMapWatch:
     """Owns the watch thread: `start` it, `stop` it from any thread (the read in progress is cut), then `join`."""
 
-    def __init__(self, api: ConfigMapApi, metrics: Metrics, on_event: OnEvent) -> None:
+    def __init__(
+        self, api: ConfigMapApi, metrics: Metrics, on_event: OnEvent, *, timeout: tuple[int, int] = WATCH_TIMEOUT
+    ) -> None:
         self._api = api
+        self._timeout = timeout  # seconds: the server ends each watch after a random number in this range
         self._gauge = metrics.watch_connected
         self._on_event = on_event
         self._thread: threading.Thread | None = None
@@ -133,7 +136,7 @@ class ConfigMapWatch:
     def watch_once(self, resource_version: str) -> str | None:
         """One watch from `resource_version`, until the server ends it: returns the version to resume from, or
         None when that version has expired (410 Gone: relist). Raises StoreError on any other failure."""
-        seconds = random.randint(*WATCH_TIMEOUT)
+        seconds = random.randint(*self._timeout)
         with self._worded("watch"):
             try:
                 resp = self._api.watch(resource_version, seconds=seconds, read_timeout=seconds + WATCH_READ_MARGIN)

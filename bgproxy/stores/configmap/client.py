@@ -19,7 +19,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from .. import StoreError
+from ..interface import StoreError
 
 BACKOFF_START, BACKOFF_CAP = 0.2, 2.0  # seconds: reconnects and retries double from 0.2 s up to 2 s, with jitter
 MERGE_PATCH = "application/merge-patch+json"

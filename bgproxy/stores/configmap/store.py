@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...core.routing import State
 from ...log import log
-from .. import StoreConflict, StoreError
+from ..interface import StoreConflict, StoreError
 from .client import Backoff, ConfigMapApi, Refused
 from .codec import configmap_data, read_configmap
 from .watch import ConfigMapWatch

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import urllib3
 
 from ...log import log
-from .. import StoreError
+from ..interface import StoreError
 from .client import UNREACHABLE, Backoff, ConfigMapApi, Refused
 
 if TYPE_CHECKING:

@@ -34,6 +34,8 @@ def rv_number(rv: str | None) -> int | None:
 
 
 class ConfigMapStore:
+    """One per process: its watch thread feeds `changes()`; its writes go through the API server's precondition."""
+
     name = "configmap"
 
     def __init__(self, name: str, namespace: str, metrics: Metrics, *, timeout: float = 10.0) -> None:

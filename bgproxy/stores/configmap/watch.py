@@ -64,7 +64,7 @@ class ConfigMapWatch:
         self, api: ConfigMapApi, metrics: Metrics, on_event: OnEvent, *, timeout: tuple[int, int] = WATCH_TIMEOUT
     ) -> None:
         self._api = api
-        self._timeout = timeout  # seconds: the server ends each watch after a random number in this range
+        self._timeout = timeout  # WATCH_TIMEOUT, unless a test wants the server to end its watches sooner
         self._gauge = metrics.watch_connected
         self._on_event = on_event
         self._thread: threading.Thread | None = None

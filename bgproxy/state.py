@@ -1,7 +1,7 @@
 """The holder of the current routing state: the one object a flip swaps.
 
 The data plane reads `holder.current` once per request. Flips are decided by the pure functions in
-`routing`, written to the store with the revision they were based on, and only then swapped in, so memory
+`core.routing`, written to the store with the revision they were based on, and only then swapped in, so memory
 and store never disagree. Flips made by others (another replica, GitOps) arrive through `store.changes()`.
 """
 
@@ -70,14 +70,11 @@ class StateHolder:
                 return stored
             raise StoreError("the state kept changing concurrently; try again")
 
-    def apply_external(self, state: State) -> None:
-        """A state written by someone else. The store delivers changes in the order they happened."""
-        self._apply(state)
-
     async def follow(self) -> None:
-        """Apply the store's stream of changes made elsewhere; runs until cancelled."""
+        """Apply the states written by others (the store delivers them in the order they happened); runs until
+        cancelled."""
         async for state in self.store.changes():
-            self.apply_external(state)
+            self._apply(state)
 
     def _apply(self, new: State) -> None:
         old = self.current

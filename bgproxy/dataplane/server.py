@@ -108,7 +108,7 @@ class ProxyServer:
     def _tick(self) -> None:
         """Expire connections past their deadline; a timeout fires within one tick of its due time."""
         now = self.loop.time()
-        timeouts = {Deadline.IDLE: self.idle_timeout, Deadline.EXCHANGE: self.read_timeout}
+        timeouts: dict[int, float] = {Deadline.IDLE: self.idle_timeout, Deadline.EXCHANGE: self.read_timeout}
         expired = []
         for conn in self.connections:
             kind = conn.deadline_kind

@@ -11,14 +11,13 @@ import asyncio
 import json
 import os
 import tempfile
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 from ..core.routing import State
-from . import StoreConflict, StoreError
+from .interface import SingleWriter, StoreConflict, StoreError
 
 
-class FileStore:
+class FileStore(SingleWriter):
     name = "file"
 
     def __init__(self, path: Path) -> None:
@@ -29,8 +28,7 @@ class FileStore:
 
     def _load(self) -> State | None:
         # A process killed mid-write leaves its temp file behind; the state itself is whole either way.
-        directory = self.path.parent if str(self.path.parent) else Path(".")
-        for stale in directory.glob(f".{self.path.name}.*.tmp"):
+        for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
             try:
                 stale.unlink()
             except OSError:
@@ -40,16 +38,8 @@ class FileStore:
     async def write(self, new: State, *, expected_revision: int) -> State:
         return await asyncio.to_thread(self._write, new, expected_revision)
 
-    async def changes(self) -> AsyncIterator[State]:
-        # This process is the file's only writer.
-        await asyncio.Event().wait()
-        yield  # type: ignore[misc]  # pragma: no cover - makes this an async generator
-
     def describe(self) -> dict[str, object]:
         return {"backend": self.name, "path": str(self.path)}
-
-    async def close(self) -> None:
-        return None
 
     def _read(self) -> State | None:
         try:
@@ -70,7 +60,7 @@ class FileStore:
         if current is not None and current.revision != expected_revision:
             raise StoreConflict(current)
         data = json.dumps(new.to_dict(), indent=2).encode() + b"\n"
-        directory = self.path.parent if str(self.path.parent) else Path(".")
+        directory = self.path.parent  # "." for a bare file name
         tmp = None
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-
 from ..core.routing import State
-from . import StoreConflict
+from .interface import SingleWriter, StoreConflict
 
 
-class MemoryStore:
+class MemoryStore(SingleWriter):
     name = "memory"
 
     def __init__(self) -> None:
@@ -24,13 +21,5 @@ class MemoryStore:
         self._state = new
         return new
 
-    async def changes(self) -> AsyncIterator[State]:
-        # Nobody else writes to this process's memory.
-        await asyncio.Event().wait()
-        yield  # type: ignore[misc]  # pragma: no cover - makes this an async generator
-
     def describe(self) -> dict[str, object]:
         return {"backend": self.name}
-
-    async def close(self) -> None:
-        return None

@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bgproxy.stores.configmap import BACKOFF_CAP
+from bgproxy.stores.configmap.client import BACKOFF_CAP
 from tests.support.configmap import CM, NS, WAIT, parse_metric, stored, until
 from tests.support.kubeapi import KubeAPIServer, kubectl_runner
 from tests.support.servers import Upstream, free_port

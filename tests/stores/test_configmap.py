@@ -1,7 +1,8 @@
 """The `configmap` state store, in-process, against the fake Kubernetes API server (tests/support/kubeapi.py).
 
 bgproxy runs in this event loop with the real official client; people act with real `kubectl`; traffic goes
-through the proxy's real socket. The pure rules that turn ConfigMap data into a state are checked with a table.
+through the proxy's real socket. The pure rules that turn ConfigMap data into a state are in
+test_configmap_codec.py.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import logging
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -22,8 +23,12 @@ from bgproxy.app import Bgproxy
 from bgproxy.core.routing import Color, State
 from bgproxy.settings import load_settings
 from bgproxy.stores import StoreError
-from bgproxy.stores.configmap import BACKOFF_CAP, EDITED, configmap_data, read_configmap
+from bgproxy.stores.configmap.client import BACKOFF_CAP
+from bgproxy.stores.configmap.codec import EDITED, configmap_data
 from tests.support.configmap import (
+    CM,
+    NS,
+    WAIT,
     admin,
     colour,
     metric,
@@ -40,128 +45,10 @@ from tests.support.configmap import (
 from tests.support.kubeapi import KubeAPIServer, kubectl_runner
 from tests.support.servers import StartProxy, Upstream, free_port
 
-NS = "default"
-CM = "bgproxy-state"
-WAIT = 10.0  # upper bound for anything we wait for
-
 Kubectl = Callable[..., Awaitable[subprocess.CompletedProcess[str]]]
 
 
-# --- the pure rules ---------------------------------------------------------------------------------------------
-
-NOW = 1000.0
-
-
-def st(active: str, revision: int, previous: str | None = None, source: str = "admin", reason: str = "") -> State:
-    prev = Color(previous) if previous else None
-    return State(Color(active), prev, revision, 50.0, source, reason)
-
-
-def blob(state: State) -> str:
-    return configmap_data(state)["state"]
-
-
-def edited(active: str, previous: str | None, revision: int, reason: str = EDITED) -> State:
-    return State(Color(active), Color(previous) if previous else None, revision, NOW, "configmap", reason)
-
-
-BLUE3 = st("blue", 3, "green", reason="deploy")
-
-READINGS: list[tuple[str, dict[str, str] | None, State | None, State | None, bool, int]] = [
-    # (case, data, last, expected state (None: invalid, ignored), normalise?, problems)
-    ("no data", None, None, None, False, 1),
-    ("missing key", {"reason": "x"}, st("blue", 1), None, False, 1),
-    ("unknown colour", {"active": "red"}, st("blue", 1), None, False, 1),
-    ("empty colour", {"active": ""}, st("blue", 1), None, False, 1),
-    ("first read, no blob", {"active": "green"}, None, edited("green", None, 1), True, 0),
-    (
-        "a reason given with the edit",
-        {"active": "green", "reason": "r42"},
-        None,
-        edited("green", None, 1, "r42"),
-        True,
-        0,
-    ),
-    ("colour is parsed leniently", {"active": " Green "}, None, edited("green", None, 1), True, 0),
-    ("kubectl edit, no blob", {"active": "green"}, st("blue", 4), edited("green", "blue", 5), True, 0),
-    ("no blob, same colour", {"active": "blue"}, st("blue", 4), st("blue", 4), True, 0),
-    ("blob agrees", {"active": "blue", "state": blob(BLUE3)}, None, BLUE3, False, 0),
-    ("blob agrees, last older", {"active": "blue", "state": blob(BLUE3)}, st("green", 2), BLUE3, False, 0),
-    ("active edited", {"active": "green", "state": blob(BLUE3)}, BLUE3, edited("green", "blue", 4), True, 0),
-    (
-        "stale reason key is not the edit's",
-        {"active": "green", "state": blob(BLUE3), "reason": "deploy"},
-        BLUE3,
-        edited("green", "blue", 4),
-        True,
-        0,
-    ),
-    (
-        "edit already applied, not written back yet",
-        {"active": "green", "state": blob(BLUE3)},
-        edited("green", "blue", 4),
-        edited("green", "blue", 4),
-        True,
-        0,
-    ),
-    (
-        "second edit before the write-back",
-        {"active": "blue", "state": blob(BLUE3)},
-        edited("green", "blue", 4),
-        edited("blue", "green", 5),
-        True,
-        0,
-    ),
-    ("corrupt blob, edit", {"active": "green", "state": "{"}, st("blue", 4), edited("green", "blue", 5), True, 1),
-    ("corrupt blob, same colour", {"active": "blue", "state": '{"x":1}'}, st("blue", 4), st("blue", 4), True, 1),
-    (
-        "blob newer than last",
-        {"active": "green", "state": blob(st("green", 7))},
-        st("blue", 4),
-        st("green", 7),
-        False,
-        0,
-    ),
-]
-
-
-@pytest.mark.parametrize(
-    ("data", "last", "expected", "normalise", "problems"),
-    [r[1:] for r in READINGS],
-    ids=[r[0] for r in READINGS],
-)
-def test_read_configmap(
-    data: dict[str, str] | None, last: State | None, expected: State | None, normalise: bool, problems: int
-) -> None:
-    reading = read_configmap(data, last, now=NOW)
-    assert reading.state == expected
-    assert reading.normalise is normalise
-    assert len(reading.problems) == problems
-
-
-def test_data_round_trips() -> None:
-    state = st("green", 9, "blue", reason="release 42")
-    data = configmap_data(state)
-    assert data["active"] == "green" and data["reason"] == "release 42"
-    assert "standby" not in json.loads(data["state"])
-    assert read_configmap(data, None, now=NOW).state == state
-
-
 # --- in-process bgproxy against the fake API server ----------------------------------------------------------
-
-
-@pytest.fixture
-def api() -> Iterator[KubeAPIServer]:
-    with KubeAPIServer(bookmark_interval=0.5) as server:
-        yield server
-
-
-@pytest.fixture
-def kubeconfig(api: KubeAPIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = api.write_kubeconfig(tmp_path / "kubeconfig")
-    monkeypatch.setenv("KUBECONFIG", str(path))
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)  # never the CI pod's own cluster
-    return path
 
 
 @pytest.fixture
@@ -189,7 +76,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 async def test_existing_state_is_loaded_as_stored(
     api: KubeAPIServer, kubeconfig: Path, start_proxy: StartProxy, http: aiohttp.ClientSession
 ) -> None:
-    state = st("green", 7, "blue", reason="release 42")
+    state = State(Color.GREEN, Color.BLUE, 7, 50.0, "admin", "release 42")
     api.set_configmap(CM, configmap_data(state))
     app = await start_proxy(**CM_SETTINGS)
     assert app.holder.current == state

@@ -35,18 +35,19 @@ class HealthChecker:
         self._session: aiohttp.ClientSession | None = None
 
     @property
-    def active(self) -> bool:
+    def probing(self) -> bool:
+        """Active probes are on (HEALTH_PATH is set); without them, connects alone decide."""
         return self.path is not None
 
     def passive(self, color: Color, ok: bool) -> None:
         """A connect attempt by the data plane: a failure is news at once, a success only matters unprobed."""
         if not ok:
             self._set(color, False, "connect failed")
-        elif not self.active:
+        elif not self.probing:
             self._set(color, True, "connected")
 
     async def start(self) -> None:
-        if not self.active:
+        if not self.probing:
             return
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.timeout), headers={"User-Agent": "bgproxy-health"}

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bgproxy.core import preview, routing
+from bgproxy.core import routing
 from bgproxy.core.routing import Color, InvalidColor, NothingToRollBack, State
 
 BLUE, GREEN = Color.BLUE, Color.GREEN
@@ -205,37 +205,6 @@ def test_from_dict_bad_inputs_name_the_field(data: object, names: str) -> None:
     with pytest.raises(ValueError) as info:
         State.from_dict(data)
     assert names in str(info.value)
-
-
-# --- cookie_value ----------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("header", "expected"),
-    [
-        ("bg-preview=green", "green"),
-        ("bg-preview=1", "1"),
-        ("a=1; bg-preview=green", "green"),
-        ("a=1;bg-preview=green", "green"),
-        ("bg-preview=blue; a=1", "blue"),
-        ("a=1; bg-preview=green; b=2", "green"),
-        ('bg-preview="green"', "green"),
-        ('a=1; bg-preview="1"; b=2', "1"),
-        ("bg-preview = green", "green"),
-        ("bg-preview=", ""),
-        ("xbg-preview=1", None),  # another cookie whose name merely ends with ours
-        ("a=xbg-preview=1", None),
-        ("bg-preview-x=1", None),  # another cookie whose name starts with ours
-        ("bg-preview-x=1; bg-preview=blue", "blue"),
-        ("xbg-preview=1; bg-preview=green", "green"),
-        ("a=bg-preview", None),  # our name as someone else's value
-        ("a=1; b=2", None),
-        ("", None),
-        ("bg-preview", None),
-    ],
-)
-def test_cookie_value(header: str, expected: str | None) -> None:
-    assert preview.cookie_value(header, "bg-preview") == expected
 
 
 # --- properties: any sequence of operations --------------------------------------------------------------------------

@@ -34,7 +34,14 @@ Body = TypeVar("Body", bound=RequestBody)
 
 
 class BadBody(Exception):
-    """A body that cannot be taken; the message says what is wrong, and where."""
+    """A body that cannot be taken; the message says what is wrong, and where.
+
+    `close_connection`: the rest of the body cannot be read either, so the connection cannot carry another request.
+    """
+
+    def __init__(self, message: str, *, close_connection: bool = False) -> None:
+        super().__init__(message)
+        self.close_connection = close_connection
 
 
 async def read_body(request: web.Request, model: type[Body]) -> Body:
@@ -43,7 +50,7 @@ async def read_body(request: web.Request, model: type[Body]) -> Body:
         raw = await request.read()
     except web.RequestPayloadError as exc:  # a Content-Encoding that does not decode (bad gzip, deflate)
         detail = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
-        raise BadBody(f"cannot read the request body: {detail}") from None
+        raise BadBody(f"cannot read the request body: {detail}", close_connection=True) from None
     return parse_body(raw, model, call=request.path)
 
 

@@ -41,7 +41,13 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     try:
         return await handler(request)
     except BadBody as exc:
-        return error(400, str(exc))
+        resp = error(400, str(exc))
+        if exc.close_connection:
+            # Answer with Connection: close, and give up the rest of the body: aiohttp would otherwise try to drain
+            # it after the answer, meet the same error again and log it as unhandled.
+            request.content.feed_eof()
+            resp.force_close()
+        return resp
     except web.HTTPRequestEntityTooLarge:
         return error(413, f"request body too large: at most {MAX_BODY} bytes")
     except web.HTTPMethodNotAllowed as exc:

@@ -49,7 +49,7 @@ async def read_body(request: web.Request, model: type[Body]) -> Body:
     try:
         raw = await request.read()
     except web.RequestPayloadError as exc:  # a Content-Encoding that does not decode (bad gzip, deflate)
-        detail = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
+        detail = str(exc).rpartition("\n")[2].strip() or type(exc).__name__  # aiohttp's last line says what failed
         raise BadBody(f"cannot read the request body: {detail}", close_connection=True) from None
     return parse_body(raw, model, call=request.path)
 
@@ -246,7 +246,7 @@ def describe(errors: list[ErrorDetails], model: type[RequestBody]) -> str:
 def _where(path: tuple[str | int, ...]) -> str:
     if not path:
         return "the body"
-    dotted = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+    dotted = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" if i else p for i, p in enumerate(path))
     return repr(_clip(dotted))
 
 

@@ -62,6 +62,9 @@ class BackendView(ResponseBody):
 class StoreView(ResponseBody):
     """The state store; the file and configmap backends add the fields they name."""
 
+    # What a store shows about itself is the store's business: one that adds a field must not break /state.
+    model_config = ConfigDict(extra="allow")
+
     backend: Literal["memory", "file", "configmap"]
     path: str | None = Field(None, description="file: the state file")
     name: str | None = Field(None, description="configmap: the ConfigMap's name")

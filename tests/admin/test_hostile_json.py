@@ -5,8 +5,8 @@ numbers of thousands of digits, 1e999, NaN/Infinity, duplicate keys, invalid UTF
 huge strings, wrong types in every field of the call's model, non-object bodies, truncations and plain garbage.
 Whatever it is: never a 5xx, always a JSON answer, a refusal is `{"error": ...}` with a short message, and after a
 refusal the state (GET /state) is what it was. The kinds that can never be valid must each be a 400 whose message
-says what is wrong. The calls and their fields come from the app's own route table, so a call added later is
-fuzzed too.
+says what is wrong; bodies drawn from the call's own JSON Schema must be taken (200, or 409 for a refused decision).
+The calls and their models come from the app's own route table, so a call added later is fuzzed too.
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ from hypothesis import strategies as st
 
 from bgproxy.admin.body import MAX_BODY, MAX_DEPTH, MAX_NUMBER_LENGTH
 from bgproxy.admin.routes import ROUTES
+from bgproxy.admin.schemas import RequestBody
 from tests.support.processes import background_serve, blocking_get, clean_env
 from tests.support.servers import TIMEOUT, free_port
 
 TOKEN = "hostile-json-token-41c9"
 EXAMPLES = 300  # per mutating call; derandomized, so every run sends the same bodies
 MAX_MESSAGE = 300  # characters: a refusal names the problem, it does not echo 16 KiB back
-MUTATING = {route.path: list(route.body.model_fields) for route in ROUTES if route.body is not None}
+MUTATING = {route.path: route.body for route in ROUTES if route.body is not None}
 
 # Kinds that can never be taken, and what the 400's message must say about each.
 NEVER_VALID = {
@@ -44,7 +45,7 @@ NEVER_VALID = {
     "not-an-object": "expected a JSON object",
 }
 # The rest may be valid by chance (odd unicode in a reason is a fine reason); they must only never break anything.
-SOMETIMES_VALID = ("odd-unicode", "huge-string", "wrong-type", "random-object", "truncated", "garbage")
+SOMETIMES_VALID = ("valid", "odd-unicode", "huge-string", "wrong-type", "random-object", "truncated", "garbage")
 
 Case = tuple[str, bytes]  # (kind, body)
 
@@ -70,7 +71,7 @@ def json_values() -> st.SearchStrategy[Any]:
 
 def field_names(fields: list[str]) -> st.SearchStrategy[str]:
     """The call's own fields, the other calls' fields, and a stranger."""
-    every = sorted({name for names in MUTATING.values() for name in names})
+    every = sorted({name for model in MUTATING.values() for name in model.model_fields})
     return st.sampled_from([*fields, *every, "colour", "x"])
 
 
@@ -146,15 +147,56 @@ def huge_string(name: str, char: str, length: int) -> bytes:
     return json.dumps({name: char * min(length, fits)}).encode()
 
 
-def hostile(fields: list[str]) -> st.SearchStrategy[Case]:
+# Valid but odd characters: NUL, zero-width space, right-to-left override, BOM, noncharacters, a lone combining mark.
+ODD = st.sampled_from(["\u0301", "\x00", "\u200b", "\u202e", "\ufeff", "\uffff", "\U0010ffff", "\U0001f680", "\t"])
+
+
+def valid_objects(model: type[RequestBody]) -> st.SearchStrategy[dict[str, Any]]:
+    """Bodies the model's own JSON Schema allows, so a call added later is covered without editing this file."""
+    schema = model.model_json_schema()
+    defs = schema.get("$defs", {})
+
+    def of(prop: dict[str, Any]) -> st.SearchStrategy[Any]:
+        if "$ref" in prop:
+            return of(defs[prop["$ref"].rpartition("/")[2]])
+        if "enum" in prop:
+            return st.sampled_from(prop["enum"])
+        if "anyOf" in prop:
+            return st.one_of([of(option) for option in prop["anyOf"]])
+        kind = prop.get("type")
+        if kind == "string":
+            letters = st.characters(exclude_categories=["Cs"]) | ODD
+            return st.text(letters, min_size=prop.get("minLength", 0), max_size=min(prop.get("maxLength", 40), 40))
+        if kind == "boolean":
+            return st.booleans()
+        if kind == "integer":
+            return st.integers(prop.get("minimum", -(10**6)), prop.get("maximum", 10**6))
+        if kind == "number":
+            return st.floats(prop.get("minimum", -1e6), prop.get("maximum", 1e6))
+        if kind == "array":
+            return st.lists(of(prop["items"]), min_size=prop.get("minItems", 0), max_size=prop.get("maxItems", 5))
+        if kind == "null":
+            return st.none()
+        raise AssertionError(f"no strategy for {prop}: teach valid_objects() this schema")
+
+    properties, required = schema["properties"], set(schema.get("required", ()))
+    return st.fixed_dictionaries(
+        {name: of(prop) for name, prop in properties.items() if name in required},
+        optional={name: of(prop) for name, prop in properties.items() if name not in required},
+    )
+
+
+def hostile(model: type[RequestBody]) -> st.SearchStrategy[Case]:
+    fields = list(model.model_fields)
+
     def kind(name: str, bodies: st.SearchStrategy[bytes]) -> st.SearchStrategy[Case]:
         return bodies.map(lambda body: (name, body))
 
     def text(s: st.SearchStrategy[str]) -> st.SearchStrategy[bytes]:
         return s.map(lambda t: t.encode("utf-8", "surrogatepass"))
 
-    valid = st.fixed_dictionaries({}, optional={"reason": st.text(max_size=8), "force": st.booleans()}).map(
-        lambda d: json.dumps(d).encode()
+    valid = st.builds(
+        lambda obj, ascii_only: json.dumps(obj, ensure_ascii=ascii_only).encode(), valid_objects(model), st.booleans()
     )
     bad_utf8 = st.sampled_from([b"\xff", b"\xfe\xff", b"\xc0\xaf", b"\xed\xa0\x80", b"\xe2\x82", b"\x80", b"\xf8\x88"])
     return st.one_of(
@@ -195,13 +237,14 @@ def hostile(fields: list[str]) -> st.SearchStrategy[Case]:
             .map(lambda v: json.dumps(v).encode())
             .filter(lambda b: b.strip() != b""),
         ),
+        kind("valid", valid),
         kind(
             "odd-unicode",
             st.builds(
-                lambda name, s, ascii_only: json.dumps({name: s}, ensure_ascii=ascii_only).encode(),
+                lambda obj, name, odd: json.dumps({**obj, name: odd}).encode(),
+                valid_objects(model),
                 field_names(fields),
-                st.text(st.characters(exclude_categories=["Cs"]), max_size=40),
-                st.booleans(),
+                st.text(ODD, min_size=1, max_size=8),
             ),
         ),
         kind(
@@ -274,9 +317,6 @@ def post(base: str, path: str, body: bytes) -> tuple[int, str, bytes]:
         conn.close()
 
 
-STATS: collections.Counter[tuple[str, str, int]] = collections.Counter()  # (call, kind, status)
-
-
 @pytest.mark.parametrize("path", list(MUTATING))
 def test_hostile_json_never_gets_a_5xx_nor_changes_the_state(admin_base: str, path: str) -> None:
     seen: collections.Counter[tuple[str, int]] = collections.Counter()
@@ -314,7 +354,9 @@ def fuzz(base: str, path: str, seen: collections.Counter[tuple[str, int]]) -> Ca
         seen[(kind, status)] += 1
         if status == 200:
             assert kind not in NEVER_VALID, (kind, body[:200])
+            assert parsed == routing_state(base)  # the answer is the state now
             return
+        assert kind != "valid" or status == 409, (body[:200], parsed)  # what the schema allows is taken
         assert status in (400, 409), (kind, status, answer)
         assert set(parsed) == {"error"}, parsed
         message = parsed["error"]

@@ -92,6 +92,7 @@ async def test_every_documented_mutating_call_is_guarded_and_refused_without_the
         for method, path in guarded:
             operation = DOC["paths"][path][method]
             assert operation["security"] == [{"bearer": []}], path
+            assert "requestBody" in operation, path  # so the hostile-JSON fuzzer, which reads the models, covers it
             assert {"400", "401", "403", "413"} <= set(operation["responses"]), path
             async with s.request(method, f"http://127.0.0.1:{app.admin_port}{path}", data=b"garbage") as r:
                 assert r.status == 401, path  # before the body is even read

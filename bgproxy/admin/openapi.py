@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from .. import __version__
+from .body import MAX_BODY, MAX_DEPTH, MAX_NUMBER_LENGTH
 from .middleware import needs_guard
 from .routes import ROUTES, Route
 from .schemas import ErrorBody
@@ -24,7 +25,7 @@ GUARDED_ERRORS = {
     401: "the bearer token is missing or wrong",
     403: "refused: a cross-site request, or a non-loopback Host without a token",
     409: "the decision was refused (a colour that is down, nothing to roll back to); the message says why",
-    413: "the body is over the size limit",
+    413: f"the body is over {MAX_BODY} bytes (once decompressed)",
     503: "not ready yet, or the state store refused the change: nothing changed",
 }
 
@@ -70,7 +71,10 @@ def openapi_document(routes: Iterable[Route] = ROUTES) -> dict[str, Any]:
             "title": "bgproxy admin API",
             "version": __version__,
             "description": "Read and flip the blue/green routing state of one bgproxy replica (and, with the "
-            "configmap backend, of all of them).",
+            "configmap backend, of all of them). A request body is UTF-8 JSON, at most "
+            f"{MAX_BODY} bytes, an object nested at most {MAX_DEPTH} levels deep, its numbers finite and at most "
+            f"{MAX_NUMBER_LENGTH} characters long, no key twice, no lone surrogates; anything else is a 400 "
+            "whose message names what is wrong.",
         },
         "paths": paths,
         "components": {

@@ -7,6 +7,7 @@ values, so the rules of blue/green are tested with plain tables and the I/O laye
 from __future__ import annotations
 
 import enum
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -25,13 +26,13 @@ class Color(enum.StrEnum):
 
     @classmethod
     def parse(cls, value: object) -> Color:
-        """A colour from user input; the error names the accepted values."""
+        """A colour from user input; the error names the accepted values (and echoes at most a clip of the input)."""
         if isinstance(value, str):
             try:
                 return cls(value.strip().lower())
             except ValueError:
                 pass
-        raise InvalidColor(f"unknown colour {value!r}: expected 'blue' or 'green'")
+        raise InvalidColor(f"unknown colour {reprlib.repr(value)}: expected 'blue' or 'green'")
 
 
 class RoutingError(Exception):

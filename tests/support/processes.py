@@ -7,9 +7,13 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +101,53 @@ async def serve_process(tmp_path: Path, args: Sequence[str], env: dict[str, str]
         yield await p.start()
     finally:
         await p.kill()  # only if a failed test left it running
+
+
+def blocking_get(url: str) -> tuple[int, bytes]:
+    """(status, body) of one GET, for tests that are not async (hypothesis, schemathesis)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read()
+
+
+@dataclass
+class Exited:
+    """How a background `bgproxy serve` ended: filled in when its `with` block is left."""
+
+    returncode: int | None = None
+    stderr: str = ""
+
+
+@contextlib.contextmanager
+def background_serve(
+    tmp_path: Path, env: dict[str, str], admin_base: str, *, until: Callable[[], bool] = lambda: True
+) -> Iterator[Exited]:
+    """`python -m bgproxy serve` for tests that are not async: yields once /readyz answers 200 and `until()`
+    holds (a bounded poll), then SIGTERM and a bounded wait; its exit code and stderr are in the yielded object."""
+    stderr = tmp_path / f"stderr-{time.monotonic_ns()}.txt"
+    exited = Exited()
+    with stderr.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "bgproxy", "serve"], env=env, cwd=tmp_path, stderr=err)
+    try:
+        end = time.monotonic() + PROC_TIMEOUT
+        while True:
+            assert proc.poll() is None, f"bgproxy exited with {proc.returncode}:\n{stderr.read_text()}"
+            assert time.monotonic() < end, f"bgproxy not ready in {PROC_TIMEOUT}s:\n{stderr.read_text()}"
+            with contextlib.suppress(OSError):
+                if blocking_get(f"{admin_base}/readyz")[0] == 200 and until():
+                    break
+            time.sleep(0.05)  # between polls of a bounded wait, not synchronisation
+        yield exited
+    finally:
+        proc.terminate()
+        try:
+            exited.returncode = proc.wait(PROC_TIMEOUT)
+        finally:
+            proc.kill()
+        exited.stderr = stderr.read_text(errors="replace")
 
 
 def serve_args(upstreams: dict[str, Upstream], port: int, admin_port: int) -> list[str]:

@@ -1,0 +1,33 @@
+"""The admin API (aiohttp): read the state, flip it, health, readiness, metrics, and its own OpenAPI document.
+
+`schemas` holds the bodies (pydantic), `body` reads them strictly, `middleware` turns errors into JSON and guards
+every mutating call, `routes` has the handlers and the route table, `openapi` generates the document from both.
+It listens on its own port, never behind the Ingress.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..metrics import Metrics
+from ..settings import Settings
+from ..state import StateHolder
+from .body import MAX_BODY
+from .keys import HOLDER, METRICS, OPENAPI, READY, SETTINGS, ReadyCheck
+from .middleware import guard, json_errors
+from .openapi import openapi_document
+from .routes import ROUTES, add_routes
+
+__all__ = ["MAX_BODY", "build_admin_app", "openapi_document"]
+
+
+def build_admin_app(settings: Settings, holder: StateHolder, metrics: Metrics, ready: ReadyCheck) -> web.Application:
+    # json_errors is outermost, so the guard's refusals and aiohttp's own errors come out as JSON alike.
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors, guard])
+    app[SETTINGS] = settings
+    app[HOLDER] = holder
+    app[METRICS] = metrics
+    app[READY] = ready
+    app[OPENAPI] = openapi_document(ROUTES)
+    add_routes(app, ROUTES)
+    return app

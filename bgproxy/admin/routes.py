@@ -1,0 +1,173 @@
+"""The admin API's handlers and its route table, which the app and the OpenAPI document are both built from.
+
+Reads answer from the state holder; a mutating call parses its body into its model (`body.py`), lets a pure
+decision of `core.routing` pick the new state through the holder, and answers the state. The guard (token,
+cross-site) is the middleware's job, not theirs. A new call is one model in `schemas.py` and one `Route` here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Literal, Protocol, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from ..core import routing
+from ..core.routing import Color, Health, RoutingError, State
+from ..log import log
+from ..metrics import CONTENT_TYPE
+from ..stores import StoreError
+from .body import read_body
+from .keys import HOLDER, METRICS, OPENAPI, READY, SETTINGS
+from .middleware import Handler, error
+from .schemas import (
+    BackendView,
+    FlipBody,
+    HistoryView,
+    RequestBody,
+    StateView,
+    StatusView,
+    StoreView,
+    SwitchBody,
+)
+
+logger = logging.getLogger("bgproxy.admin")
+
+Body = TypeVar("Body", bound=RequestBody)
+Body_contra = TypeVar("Body_contra", bound=RequestBody, contravariant=True)
+
+
+def answer(view: BaseModel, status: int = 200) -> web.Response:
+    """A response model as JSON; fields a view leaves unset (a store's optional ones) stay absent."""
+    return web.json_response(view.model_dump(mode="json", by_alias=True, exclude_unset=True), status=status)
+
+
+def state_view(request: web.Request) -> StateView:
+    holder, settings, metrics = request.app[HOLDER], request.app[SETTINGS], request.app[METRICS]
+    urls = settings.upstreams()
+    return StateView.model_validate(
+        {
+            **holder.current.to_dict(),
+            "store": StoreView.model_validate(holder.store.describe()),
+            "backends": {c: BackendView(url=urls[c].url, healthy=metrics.healthy[c]) for c in Color},
+        }
+    )
+
+
+async def get_state(request: web.Request) -> web.Response:
+    return answer(state_view(request))
+
+
+async def get_history(request: web.Request) -> web.Response:
+    return answer(HistoryView.model_validate({"history": list(request.app[HOLDER].history)}))
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return answer(StatusView(status="ok"))
+
+
+async def readyz(request: web.Request) -> web.Response:
+    if request.app[READY]():
+        return answer(StatusView(status="ready"))
+    return answer(StatusView(status="not ready"), status=503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(request.app[OPENAPI])
+
+
+class Decide(Protocol[Body_contra]):
+    """What a mutating call does to the state: pure, from `core.routing`; raises RoutingError to refuse."""
+
+    def __call__(self, state: State, body: Body_contra, *, now: float, healthy: Health) -> State: ...
+
+
+def mutation(model: type[Body], decide: Decide[Body]) -> Handler:
+    """The handler of one mutating call: its body as `model`, its decision through the holder, the new state."""
+
+    async def handler(request: web.Request) -> web.Response:
+        body = await read_body(request, model)  # BadBody: 400, by the middleware
+        holder = request.app[HOLDER]
+        if not holder.loaded:
+            return error(503, "not ready: the state is still being loaded from the store; try again shortly")
+        healthy = request.app[METRICS].healthy
+        before = holder.current
+        try:
+            after = await holder.change(lambda state: decide(state, body, now=time.time(), healthy=healthy))
+        except RoutingError as exc:
+            return error(409, str(exc))
+        except StoreError as exc:
+            log(logger, "flip_failed", level=logging.ERROR, path=request.path, error=str(exc))
+            return error(503, f"the state store refused the change, nothing was switched: {exc}")
+        if after is before:
+            log(logger, "flip_noop", path=request.path, active=after.active.value)
+        return answer(state_view(request))
+
+    return handler
+
+
+def switch(state: State, body: SwitchBody, *, now: float, healthy: Health) -> State:
+    return routing.switch(
+        state, body.to, source="admin", reason=body.reason, now=now, healthy=healthy, force=body.force
+    )
+
+
+def promote(state: State, body: FlipBody, *, now: float, healthy: Health) -> State:
+    return routing.promote(state, source="admin", reason=body.reason, now=now, healthy=healthy, force=body.force)
+
+
+def rollback(state: State, body: FlipBody, *, now: float, healthy: Health) -> State:
+    return routing.rollback(state, source="admin", reason=body.reason, now=now, healthy=healthy, force=body.force)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One call: how it is served and how the OpenAPI document describes it."""
+
+    method: Literal["GET", "POST"]
+    path: str
+    summary: str
+    handler: Handler
+    response: type[BaseModel] | None  # the 200 answer; None: not a model (the metrics text, this document)
+    body: type[RequestBody] | None = None
+    media_type: str = "application/json"
+    also: tuple[tuple[int, str, type[BaseModel]], ...] = ()  # other documented answers besides the usual errors
+
+
+def post(path: str, summary: str, model: type[Body], decide: Decide[Body]) -> Route:
+    return Route("POST", path, summary, mutation(model, decide), StateView, body=model)
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/state", "The routing state", get_state, StateView),
+    post("/switch", "Make the named colour active (no change if it already is)", SwitchBody, switch),
+    post("/promote", "Make the standby colour active", FlipBody, promote),
+    post("/rollback", "Make the previous colour active again", FlipBody, rollback),
+    Route("GET", "/history", "The recent switches, newest first", get_history, HistoryView),
+    Route("GET", "/healthz", "Liveness", healthz, StatusView),
+    Route(
+        "GET",
+        "/readyz",
+        "Readiness: state loaded, listening, not draining",
+        readyz,
+        StatusView,
+        also=((503, "not ready", StatusView),),
+    ),
+    Route("GET", "/metrics", "Prometheus text exposition", metrics, None, media_type="text/plain"),
+    Route("GET", "/openapi.json", "This document", openapi, None),
+)
+
+
+def add_routes(app: web.Application, routes: tuple[Route, ...] = ROUTES) -> None:
+    for route in routes:
+        if route.method == "GET":
+            app.router.add_get(route.path, route.handler)  # and HEAD, as every GET
+        else:
+            app.router.add_route(route.method, route.path, route.handler)

@@ -19,6 +19,7 @@ from .dataplane import ProxyServer
 from .health import HealthChecker
 from .log import log
 from .metrics import Metrics
+from .release.steps import StepTimer
 from .settings import Settings
 from .state import StateHolder
 from .stores import open_store
@@ -40,6 +41,7 @@ class Bgproxy:
         self.store = open_store(settings, self.metrics)
         self.holder = StateHolder(self.store, self.metrics, initial_active=settings.initial_active)
         self.health = HealthChecker(settings, self.metrics)
+        self.steps = StepTimer(self.holder, self.metrics.healthy)
         self.proxy: ProxyServer | None = None
         self.draining = False
         self._admin_runner: web.AppRunner | None = None
@@ -63,6 +65,7 @@ class Bgproxy:
         await self.holder.load()
         self._follow = asyncio.create_task(self._follow_store(), name="bgproxy-follow-store")
         await self.health.start()
+        self.steps.start()
         proxy = ProxyServer(s, self.holder, self.metrics, on_health=self.health.passive)
         try:
             await proxy.start()
@@ -113,6 +116,7 @@ class Bgproxy:
             await self.proxy.drain(timeout=s.drain_timeout)
 
     async def stop(self) -> None:
+        await self.steps.stop()
         if self._follow is not None:
             self._follow.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

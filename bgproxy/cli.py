@@ -1,4 +1,5 @@
-"""Command line: `bgproxy serve | demo | status | switch COLOUR | promote | rollback`.
+"""Command line: `bgproxy serve | demo`, and the admin API's client: `status | switch COLOUR | promote [--steps ...] |
+shift WEIGHT | pause | resume | abort | rollback`.
 
 Flags mirror the settings (`--blue-url` for BGPROXY_BLUE_URL, ...) and win over the environment. Bad
 settings exit 2 before anything listens; a failed admin call exits 1 with the server's message.
@@ -54,17 +55,44 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in (
         ("status", "show the routing state"),
         ("switch", "make a colour active"),
-        ("promote", "make the standby colour active"),
-        ("rollback", "make the previous colour active again"),
+        ("promote", "make the standby colour active, at once or (with --steps) step by step"),
+        ("shift", "send a percent of ordinary traffic to the standby colour"),
+        ("pause", "hold the stepped promotion at its current step"),
+        ("resume", "continue a paused stepped promotion"),
+        ("abort", "all ordinary traffic back to the active colour, the stepped promotion ended"),
+        ("rollback", "make the previous colour active again (during a shift or steps: abort)"),
     ):
         p = sub.add_parser(name, help=help_text)
         if name == "switch":
             p.add_argument("color", metavar="COLOUR", help="blue or green")
+        if name == "shift":
+            p.add_argument("weight", metavar="WEIGHT", type=_weight, help="0-100")
+        if name == "promote":
+            p.add_argument("--steps", type=_steps, default=None, help="weights to go through, e.g. 10,50,100")
+            p.add_argument("--interval", type=float, default=None, help="seconds each step holds (default 60)")
         if name != "status":
             p.add_argument("--reason", default="", help="recorded in the history")
+        if name in ("switch", "promote", "shift", "rollback"):
+            p.add_argument("--force", action="store_true", help="even to a colour failing its health checks")
         _settings_flags(p, only=("admin_url", "admin_token"))
         p.add_argument("--token", dest="admin_token", default=None, help="same as --admin-token")
     return parser
+
+
+def _weight(text: str) -> int:
+    """A weight as typed: digits; the admin API checks the range and says what it expects."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number 0-100, got {text!r}") from None
+
+
+def _steps(text: str) -> list[int]:
+    """Steps as typed: comma-separated weights (10,50,100); the admin API checks that they rise."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated weights such as 10,50,100, got {text!r}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -106,8 +134,16 @@ def _admin_call(args: argparse.Namespace, settings: Settings) -> int:
     else:
         method, path = "POST", f"/{args.command}"
         body = {"reason": args.reason} if args.reason else {}
+        if getattr(args, "force", False):
+            body["force"] = True
         if args.command == "switch":
             body["to"] = args.color
+        elif args.command == "shift":
+            body["weight"] = args.weight
+        elif args.command == "promote" and args.steps is not None:
+            body["steps"] = args.steps
+            if args.interval is not None:
+                body["interval"] = args.interval
     headers = {"Content-Type": "application/json"}
     if settings.admin_token is not None:
         headers["Authorization"] = f"Bearer {settings.admin_token.get_secret_value()}"

@@ -13,7 +13,7 @@ import logging
 
 import aiohttp
 
-from .core.routing import Color
+from .core.model import Color
 from .log import log
 from .metrics import Metrics
 from .settings import Settings, Upstream

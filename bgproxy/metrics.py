@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 
-from .core.routing import Color, State
+from .core.model import Color, State
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds; proxied requests are usually milliseconds, websockets and downloads can last minutes.
@@ -90,6 +90,11 @@ class Metrics:
             "bgproxy_switches", "Flips applied, by source and target colour", ("source", "to"), registry=r
         )
         self.state_revision = Gauge("bgproxy_state_revision", "Revision of the routing state", registry=r)
+        self.weight = Gauge("bgproxy_weight", "Percent of ordinary traffic sent to the standby colour", registry=r)
+        self.rollout_step = Gauge(
+            "bgproxy_rollout_step", "Index of the stepped promotion's current step; -1 when none runs", registry=r
+        )
+        self.rollout_step.set(-1)
         self.config_errors = Counter(
             "bgproxy_config_errors", "Invalid state values received and ignored, by source", ("source",), registry=r
         )
@@ -120,6 +125,8 @@ class Metrics:
         for c in Color:
             self.active_color.labels(c.value).set(1 if c is state.active else 0)
         self.state_revision.set(state.revision)
+        self.weight.set(state.weight)
+        self.rollout_step.set(state.rollout.step if state.rollout is not None else -1)
         if flipped:
             self.switches.labels(state.source, state.active.value).inc()
 

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .core.model import Color
 from .core.preview import IPNetwork, PreviewPolicy
-from .core.routing import Color
 
 ENV_PREFIX = "BGPROXY_"
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -115,6 +115,10 @@ def _header_name(value: str) -> str:
     return value
 
 
+def _optional_cookie_name(value: str) -> str:
+    return _cookie_name(value) if value else value
+
+
 def _cookie_name(value: str) -> str:
     if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", value):
         raise ValueError(f"expected a cookie name (letters, digits, '-', '_'), got {value!r}")
@@ -162,6 +166,10 @@ class Settings(BaseSettings):
     """When set, preview is honoured only for the value SECRET (standby) or blue:SECRET / green:SECRET."""
     preview_allow: Annotated[tuple[IPNetwork, ...], NoDecode] = ()
     """Comma-separated networks (CIDR) whose clients may preview; the client is the last X-Forwarded-For hop."""
+    sticky_cookie: Annotated[str, AfterValidator(_optional_cookie_name)] = "bg-sticky"
+    """Cookie that keeps a client's bucket (so its colour) while the weight is between 0 and 100; empty turns it off."""
+    sticky_header: Annotated[str, AfterValidator(_header_name)] = ""
+    """Header whose value (a user or session id) picks the bucket when the request has no sticky cookie."""
     color_header: Annotated[str, AfterValidator(_header_name)] = "X-Bg-Color"
     """Response header naming the colour that served; empty turns it off."""
     upstream_connect_timeout: Seconds = 2.0

@@ -1,8 +1,9 @@
-"""The holder of the current routing state: the one object a flip swaps.
+"""The holder of the current routing state: the one object a change swaps.
 
-The data plane reads `holder.current` once per request. Flips are decided by the pure functions in
-`core.routing`, written to the store with the revision they were based on, and only then swapped in, so memory
-and store never disagree. Flips made by others (another replica, GitOps) arrive through `store.changes()`.
+The data plane reads `holder.current` once per request. Changes are decided by the pure functions of `core`,
+written to the store with the revision they were based on, and only then swapped in, so memory and store never
+disagree. Changes made by others (another replica, GitOps) arrive through `store.changes()`. Every new revision is a
+history entry, and is told to whoever listens (the step driver, later webhooks and the dashboard).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .core import routing
-from .core.routing import Color, State
+from .core.model import Color, State, initial_state
+from .core.routing import event
 from .log import log
 from .metrics import Metrics
 from .stores import Store, StoreConflict, StoreError
@@ -25,6 +26,7 @@ HISTORY_SIZE = 100
 MAX_CONFLICT_RETRIES = 5
 
 Decision = Callable[[State], State]
+Listener = Callable[[State, State], None]  # (old, new), called on the loop for every new revision applied
 
 
 class StateHolder:
@@ -32,9 +34,10 @@ class StateHolder:
         self.store = store
         self.metrics = metrics
         self.initial_active = initial_active
-        self.current = routing.initial_state(initial_active, now=time.time())
+        self.current = initial_state(initial_active, now=time.time())
         self.loaded = False
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_SIZE)
+        self.listeners: list[Listener] = []
         self._lock = asyncio.Lock()
 
     async def load(self) -> State:
@@ -42,7 +45,7 @@ class StateHolder:
         async with self._lock:
             stored = await self.store.load()
             if stored is None:
-                fresh = routing.initial_state(self.initial_active, now=time.time())
+                fresh = initial_state(self.initial_active, now=time.time())
                 try:
                     stored = await self.store.write(fresh, expected_revision=-1)
                 except StoreConflict as exc:
@@ -82,31 +85,40 @@ class StateHolder:
             return
         flipped = new.active is not old.active
         self._swap(new, flipped=flipped)
-        if flipped:
-            self.history.appendleft(
-                {
-                    "when": new.updated_at,
-                    "from": old.active.value,
-                    "to": new.active.value,
-                    "revision": new.revision,
-                    "source": new.source,
-                    "reason": new.reason,
-                    "forced": new.forced,
-                }
-            )
-            if not self.metrics.healthy[new.active]:
-                # Git is the source of truth for a ConfigMap flip: applied, but nobody should miss it.
-                self.metrics.unhealthy_switches.labels(new.source).inc()
-                log(logger, "switched_to_unhealthy", level=logging.WARNING, to=new.active.value, source=new.source)
+        if new.revision == old.revision:
+            return  # the same change read again (a store restored its own copy): nothing happened
+        kind = event(old, new)
+        self.history.appendleft(
+            {
+                "when": new.updated_at,
+                "event": kind,
+                "from": old.active.value,
+                "to": new.active.value,
+                "weight": new.weight,
+                "revision": new.revision,
+                "source": new.source,
+                "reason": new.reason,
+                "forced": new.forced,
+            }
+        )
+        sent_to = new.active if flipped else new.standby if new.weight > old.weight else None
+        if sent_to is not None and not self.metrics.healthy[sent_to]:
+            # Git is the source of truth for a ConfigMap change: applied, but nobody should miss it.
+            self.metrics.unhealthy_switches.labels(new.source).inc()
+            log(logger, "switched_to_unhealthy", level=logging.WARNING, to=sent_to.value, source=new.source)
         log(
             logger,
-            "switch" if flipped else "state_updated",
+            kind,
             old=old.active.value,
             new=new.active.value,
+            weight=new.weight,
+            step=new.rollout.step if new.rollout is not None else None,
             revision=new.revision,
             source=new.source,
             reason=new.reason,
         )
+        for listener in self.listeners:
+            listener(old, new)
 
     def _swap(self, new: State, *, flipped: bool) -> None:
         self.current = new

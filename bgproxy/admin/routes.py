@@ -15,8 +15,8 @@ from typing import Literal, Protocol, TypeVar
 from aiohttp import web
 from pydantic import BaseModel
 
-from ..core import routing
-from ..core.routing import Color, Health, RoutingError, State
+from ..core import rollout, routing
+from ..core.model import Color, Health, InvalidPlan, RoutingError, State
 from ..log import log
 from ..metrics import CONTENT_TYPE
 from ..stores import StoreError
@@ -27,7 +27,10 @@ from .schemas import (
     BackendView,
     FlipBody,
     HistoryView,
+    PromoteBody,
+    ReasonBody,
     RequestBody,
+    ShiftBody,
     StateView,
     StatusView,
     StoreView,
@@ -101,6 +104,8 @@ def mutation(model: type[Body], decide: Decide[Body]) -> Handler:
         before = holder.current
         try:
             after = await holder.change(lambda state: decide(state, body, now=time.time(), healthy=healthy))
+        except InvalidPlan as exc:
+            return error(400, str(exc))
         except RoutingError as exc:
             return error(409, str(exc))
         except StoreError as exc:
@@ -119,8 +124,34 @@ def switch(state: State, body: SwitchBody, *, now: float, healthy: Health) -> St
     )
 
 
-def promote(state: State, body: FlipBody, *, now: float, healthy: Health) -> State:
-    return routing.promote(state, source="admin", reason=body.reason, now=now, healthy=healthy, force=body.force)
+DEFAULT_INTERVAL = 60.0  # seconds each step holds when a stepped promotion names none
+
+
+def promote(state: State, body: PromoteBody, *, now: float, healthy: Health) -> State:
+    if body.steps is None:
+        return routing.promote(state, source="admin", reason=body.reason, now=now, healthy=healthy, force=body.force)
+    interval = DEFAULT_INTERVAL if body.interval is None else body.interval
+    return rollout.start(
+        state, body.steps, interval, source="admin", reason=body.reason, now=now, healthy=healthy, force=body.force
+    )
+
+
+def shift(state: State, body: ShiftBody, *, now: float, healthy: Health) -> State:
+    return routing.shift(
+        state, body.weight, source="admin", reason=body.reason, now=now, healthy=healthy, force=body.force
+    )
+
+
+def pause(state: State, body: ReasonBody, *, now: float, healthy: Health) -> State:
+    return rollout.pause(state, source="admin", reason=body.reason, now=now)
+
+
+def resume(state: State, body: ReasonBody, *, now: float, healthy: Health) -> State:
+    return rollout.resume(state, source="admin", reason=body.reason, now=now)
+
+
+def abort(state: State, body: ReasonBody, *, now: float, healthy: Health) -> State:
+    return routing.abort(state, source="admin", reason=body.reason, now=now)
 
 
 def rollback(state: State, body: FlipBody, *, now: float, healthy: Health) -> State:
@@ -148,8 +179,32 @@ def post(path: str, summary: str, model: type[Body], decide: Decide[Body]) -> Ro
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/state", "The routing state", get_state, StateView),
     post("/switch", "Make the named colour active (no change if it already is)", SwitchBody, switch),
-    post("/promote", "Make the standby colour active", FlipBody, promote),
-    post("/rollback", "Make the previous colour active again", FlipBody, rollback),
+    post(
+        "/promote",
+        "Make the standby colour active, at once or (with steps) through a stepped promotion",
+        PromoteBody,
+        promote,
+    ),
+    post(
+        "/rollback",
+        "Make the previous colour active again; during a shift or stepped promotion, abort it",
+        FlipBody,
+        rollback,
+    ),
+    post(
+        "/shift",
+        "Send a percent of ordinary traffic to the standby colour (ends a stepped promotion)",
+        ShiftBody,
+        shift,
+    ),
+    post("/pause", "Hold the stepped promotion at its current step (409 when none runs)", ReasonBody, pause),
+    post("/resume", "Continue a paused stepped promotion (409 when none is paused)", ReasonBody, resume),
+    post(
+        "/abort",
+        "All ordinary traffic back to the active colour and the stepped promotion ended (409 when nothing to abort)",
+        ReasonBody,
+        abort,
+    ),
     Route("GET", "/history", "The recent switches, newest first", get_history, HistoryView),
     Route("GET", "/healthz", "Liveness", healthz, StatusView),
     Route(

@@ -8,11 +8,11 @@ A new mutating call is one `RequestBody` subclass here and one route in `routes.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from ..core.routing import MAX_REASON, Color
+from ..core.model import MAX_INTERVAL, MAX_REASON, MAX_STEPS, MAX_WEIGHT, MIN_INTERVAL, Color
 from ..state import HISTORY_SIZE
 
 # A colour as people type it: case and surrounding spaces do not matter; the error names the accepted values.
@@ -37,7 +37,7 @@ class RequestBody(BaseModel):
 
 
 class FlipBody(RequestBody):
-    """The body of `/promote` and `/rollback`: optional, as is each field."""
+    """The body of `/rollback`: optional, as is each field."""
 
     misplaced: ClassVar[Mapping[str, str]] = {"to": "use /switch to name a colour"}
 
@@ -46,6 +46,77 @@ class SwitchBody(RequestBody):
     """The body of `/switch`: the colour to make active."""
 
     to: ColourName
+
+
+def _whole(value: object) -> object:
+    """JSON Schema's integer: 24.0 is one (a number with no fraction), so the document and the check agree."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Weight = Annotated[
+    int,
+    Field(ge=0, le=MAX_WEIGHT, description="percent of ordinary traffic sent to the standby colour"),
+    BeforeValidator(_whole),
+]
+Step = Annotated[int, Field(ge=1, le=MAX_WEIGHT), BeforeValidator(_whole)]
+Interval = Annotated[float, Field(ge=MIN_INTERVAL, le=MAX_INTERVAL)]
+# JSON Schema cannot say "rising"; x-rising says it to people and to our fuzzer (uniqueItems says part of it).
+Steps = Annotated[
+    list[Step],
+    Field(min_length=1, max_length=MAX_STEPS, json_schema_extra={"uniqueItems": True, "x-rising": True}),
+]
+
+
+def _absent_by_default(schema: dict[str, Any]) -> None:
+    """An optional field that is absent unless given: documented as its type alone (null is not asked for), with no
+    default. The server takes an explicit null as absent."""
+    schema.pop("default", None)
+    options = schema.pop("anyOf", [])
+    schema.update(*(option for option in options if option.get("type") != "null"))
+
+
+class PromoteBody(RequestBody):
+    """The body of `/promote`: nothing for an instant promote; `steps` (and `interval`) for a stepped one."""
+
+    model_config = ConfigDict(json_schema_extra={"dependentRequired": {"interval": ["steps"]}})
+    misplaced: ClassVar[Mapping[str, str]] = {"to": "use /switch to name a colour", "weight": "use /shift"}
+
+    steps: Annotated[
+        Steps | None,
+        Field(
+            description="weights to go through, rising strictly, e.g. [10, 50, 100]; then the standby goes live",
+            json_schema_extra=_absent_by_default,
+        ),
+    ] = None
+    interval: Annotated[
+        Interval | None,
+        Field(
+            description="seconds each step holds (with steps; default 60)",
+            json_schema_extra=_absent_by_default,
+        ),
+    ] = None
+
+    @model_validator(mode="after")
+    def _interval_needs_steps(self) -> PromoteBody:
+        if self.interval is not None and self.steps is None:
+            raise ValueError(
+                "'interval' goes with 'steps': send both for a stepped promotion, neither for an instant one"
+            )
+        return self
+
+
+class ShiftBody(RequestBody):
+    """The body of `/shift`: the standby colour's share of ordinary traffic."""
+
+    misplaced: ClassVar[Mapping[str, str]] = {"to": "use /switch to name a colour", "steps": "use /promote"}
+
+    weight: Weight
+
+
+class ReasonBody(RequestBody):
+    """The body of `/pause`, `/resume` and `/abort`: optional, as is each field."""
+
+    misplaced: ClassVar[Mapping[str, str]] = {"to": "use /switch", "weight": "use /shift", "steps": "use /promote"}
 
 
 class ResponseBody(BaseModel):
@@ -73,6 +144,16 @@ class StoreView(ResponseBody):
     resource_version: str | None = Field(None, description="configmap: the version last seen; null while none exists")
 
 
+class RolloutView(ResponseBody):
+    """A stepped promotion in progress."""
+
+    steps: list[int] = Field(description="the weights it goes through")
+    interval: float = Field(description="seconds each step holds")
+    step: int = Field(ge=0, description="index of the step now applied")
+    step_started_at: float = Field(description="when it was applied, seconds since the epoch")
+    paused: bool
+
+
 class StateView(ResponseBody):
     """The routing state, the store it lives in and each colour's upstream."""
 
@@ -81,19 +162,25 @@ class StateView(ResponseBody):
     previous: Color | None = Field(description="the colour active before the last flip; null before the first")
     revision: int = Field(ge=0, description="one more on every flip")
     updated_at: float = Field(description="seconds since the epoch")
-    source: str = Field(description="who made the last change: initial, admin, file, configmap, restore")
+    source: str = Field(
+        description="who made the last change: initial, admin, file, configmap, restore, rollout (a step's timer)"
+    )
     reason: str
-    forced: bool = Field(description="the last flip overrode a failing health check")
+    forced: bool = Field(description="the last change overrode a failing health check")
+    weight: Weight
+    rollout: RolloutView | None = Field(description="the stepped promotion in progress, else null")
     store: StoreView
     backends: dict[Color, BackendView]
 
 
 class HistoryEntry(ResponseBody):
-    """One switch of the active colour."""
+    """One change of the state: a switch, a shift, a step of a stepped promotion, a pause, a resume, an abort."""
 
     when: float = Field(description="seconds since the epoch")
-    from_: Color = Field(alias="from")
-    to: Color
+    event: Literal["switch", "shift", "step", "promoted", "paused", "resumed", "aborted"]
+    from_: Color = Field(alias="from", description="the active colour before")
+    to: Color = Field(description="the active colour after")
+    weight: Weight
     revision: int = Field(ge=0)
     source: str
     reason: str
@@ -101,7 +188,7 @@ class HistoryEntry(ResponseBody):
 
 
 class HistoryView(ResponseBody):
-    history: list[HistoryEntry] = Field(max_length=HISTORY_SIZE, description="the recent switches, newest first")
+    history: list[HistoryEntry] = Field(max_length=HISTORY_SIZE, description="the recent changes, newest first")
 
 
 class StatusView(ResponseBody):

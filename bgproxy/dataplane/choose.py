@@ -1,20 +1,26 @@
 """The colour of one request, decided once when its head is complete, on the state object of that instant.
 
-Ordinary requests go to the active colour; a request carrying the preview header or cookie goes where it asks, if
-the preview policy admits it (the rules are the pure core's: `routing.choose`, `PreviewPolicy.admit`).
+A request carrying the preview header or cookie goes where it asks, if the preview policy admits it. Ordinary
+requests go to the active colour while the weight is 0 (the common case is decided inline by `read_request`,
+without a call); while the weight splits traffic, by their sticky bucket: the sticky cookie, else a hash of the
+sticky header, else a fresh draw handed back as the cookie. The rules are the pure core's (`routing.choose`,
+`PreviewPolicy.admit`, `buckets`).
 """
 
 from __future__ import annotations
 
+import random
 from typing import Protocol
 
+from ..core import buckets
+from ..core.model import MAX_WEIGHT, Color, State
 from ..core.preview import PreviewPolicy, cookie_value, forwarded_client
-from ..core.routing import Color, State, choose
+from ..core.routing import choose
 from .pool import UpstreamPool
 
 
 class CurrentState(Protocol):
-    """Where the state of this instant is read: the one object a flip swaps."""
+    """Where the state of this instant is read: the one object a change swaps."""
 
     current: State
 
@@ -27,35 +33,56 @@ class Chooser:
         *,
         preview_cookie: str,
         policy: PreviewPolicy,
+        sticky_cookie: str,
     ) -> None:
         self.state = state
         self.pools = pools
-        self.cookie = preview_cookie
-        self.cookie_bytes = preview_cookie.encode()
+        self.preview_cookie = preview_cookie
+        self.preview_bytes = preview_cookie.encode()
         self.policy = policy
+        self.sticky_cookie = sticky_cookie
+        self.sticky_bytes = sticky_cookie.encode()
 
-    def pool(self, preview: bytes | None, cookie: bytes | None, xff: bytes | None, peer: bytes) -> UpstreamPool:
-        """The pool of the colour that serves this request. The common case costs one look at the state."""
-        state = self.state.current
-        if preview is None and (cookie is None or self.cookie_bytes not in cookie):
-            return self.pools[state.active]
-        return self.pools[self._preview(state, preview, cookie, xff, peer)]
+    def choose(
+        self,
+        state: State,
+        preview: bytes | None,
+        cookie: bytes | None,
+        sticky: bytes | None,
+        xff: bytes | None,
+        peer: bytes,
+    ) -> tuple[UpstreamPool, bytes]:
+        """The pool of the colour that serves this request, and the Set-Cookie line its response carries (or b"")."""
+        if preview is not None or (cookie is not None and self.preview_bytes in cookie):
+            value = self._preview(preview, cookie, xff, peer)
+            if value:
+                return self.pools[choose(state, value)], b""
+        weight = state.weight
+        if weight <= 0 or weight >= MAX_WEIGHT:
+            return self.pools[choose(state, None, 0)], b""
+        bucket = None
+        if cookie is not None and self.sticky_bytes and self.sticky_bytes in cookie:
+            bucket = buckets.from_cookie(cookie_value(cookie.decode("latin-1"), self.sticky_cookie))
+        if bucket is None and sticky is not None:
+            bucket = buckets.from_header(sticky)
+        line = b""
+        if bucket is None:
+            bucket = random.randrange(buckets.BUCKETS)
+            if self.sticky_cookie:
+                line = buckets.set_cookie_line(self.sticky_cookie, bucket)
+        return self.pools[choose(state, None, bucket)], line
 
-    def _preview(
-        self, state: State, preview: bytes | None, cookie: bytes | None, xff: bytes | None, peer: bytes
-    ) -> Color:
-        """The colour for a request that asks to preview (the header wins over the cookie), if it may."""
+    def _preview(self, preview: bytes | None, cookie: bytes | None, xff: bytes | None, peer: bytes) -> str | None:
+        """The preview value a request may route by (the header wins over the cookie), or None/"" when it may not."""
         if preview is not None:
             value: str | None = preview.decode("latin-1")
         else:
             assert cookie is not None
-            value = cookie_value(cookie.decode("latin-1"), self.cookie)
+            value = cookie_value(cookie.decode("latin-1"), self.preview_cookie)
         if not value:
-            return state.active
+            return None
         policy = self.policy
         if not policy.open:
             client = forwarded_client(xff.decode("latin-1") if xff else None, peer.decode())
-            value = policy.admit(value, client)
-            if value is None:
-                return state.active
-        return choose(state, value)
+            return policy.admit(value, client)
+        return value

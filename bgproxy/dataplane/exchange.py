@@ -54,6 +54,7 @@ class Exchange:
         "response_done",
         "retried",
         "retryable",
+        "set_cookie",
         "started",
         "status",
         "upstream",
@@ -74,6 +75,7 @@ class Exchange:
         self.websocket = False
         self.ignore_upgrade = False  # an Upgrade that is not a websocket: dropped as hop-by-hop, parsed on as HTTP
         self.retryable = False
+        self.set_cookie = b""  # a sticky bucket drawn for this request, handed to the client with the response
         self.head_request = method == b"HEAD"
         self.pending: list[bytes] = []  # body received while no upstream connection is attached yet
         self.pending_bytes = 0

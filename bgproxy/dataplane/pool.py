@@ -9,7 +9,7 @@ import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..core.routing import Color
+from ..core.model import Color
 from ..metrics import ColorStats
 from ..settings import Upstream
 from .upstream import UpstreamConnection

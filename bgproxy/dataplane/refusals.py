@@ -156,7 +156,7 @@ def upstream_error(conn: ClientConnection, ex: Exchange, kind: str, status: int,
     keep = conn.keep_alive_for(ex)
     ex.keep_alive = keep
     message = f"{pool.color.value} upstream ({pool.upstream.url}): {reason}"
-    conn.transport.write(error_response(status, message, color_line=pool.color_line, close=not keep))
+    conn.transport.write(error_response(status, message, color_line=pool.color_line + ex.set_cookie, close=not keep))
     log(
         logger, "upstream_error", level=logging.WARNING, color=pool.color.value, kind=kind, status=status, reason=reason
     )

@@ -31,6 +31,7 @@ class HeaderKind(enum.IntEnum):
     EXPECT = 4
     COOKIE = 5
     PREVIEW = 6
+    STICKY = 7
     DROP = 10  # hop-by-hop, or framing the proxy declares itself
     CONNECTION = 11
     TRANSFER_ENCODING = 12
@@ -42,14 +43,14 @@ class HeaderKind(enum.IntEnum):
 
 # Plain-int module constants for the per-request path: comparing two exact ints is CPython's fast path, an IntEnum
 # member is not.
-HOST, XF_PROTO, XF_HOST, EXPECT, COOKIE, PREVIEW = (int(k) for k in HeaderKind if k < HeaderKind.DROP)
+HOST, XF_PROTO, XF_HOST, EXPECT, COOKIE, PREVIEW, STICKY = (int(k) for k in HeaderKind if k < HeaderKind.DROP)
 DROP, CONNECTION, TRANSFER_ENCODING, CONTENT_LENGTH, UPGRADE, XF_FOR, PROXY_CONNECTION = (
     int(k) for k in HeaderKind if k >= HeaderKind.DROP
 )
 Special = tuple[int, bytes, bytes]  # (kind, name as sent, value)
 
 
-def watch_table(preview_header: str) -> dict[bytes, int]:
+def watch_table(preview_header: str, sticky_header: str) -> dict[bytes, int]:
     """Lower-case header name -> kind, for the headers a request's head needs a look at."""
     table: dict[bytes, int] = {name: DROP for name in REQUEST_DROP}
     table |= {
@@ -65,6 +66,8 @@ def watch_table(preview_header: str) -> dict[bytes, int]:
         b"x-forwarded-for": XF_FOR,
         b"proxy-connection": PROXY_CONNECTION,
     }
+    if sticky_header:
+        table[sticky_header.lower().encode()] = STICKY
     if preview_header:
         table[preview_header.lower().encode()] = PREVIEW
     return table
@@ -108,7 +111,7 @@ def read_request(
     out[1] = b" "
     out[2] = url
     out[3] = b" HTTP/1.1\r\n"
-    host = xff = conn_value = upgrade = te = length = preview = cookie = None
+    host = xff = conn_value = upgrade = te = length = preview = cookie = sticky = None
     has_xfp = has_xfh = expect = proxy_connection = False
     for kind, _, value in special:
         if kind < DROP:
@@ -126,6 +129,8 @@ def read_request(
                 has_xfh = True
             elif kind == EXPECT:
                 expect = value.lower() == b"100-continue"
+            elif kind == STICKY:
+                sticky = value
         elif kind == CONNECTION:
             conn_value = value if conn_value is None else conn_value + b"," + value
         elif kind == XF_FOR:
@@ -167,7 +172,13 @@ def read_request(
     if ignore_upgrade and has_body:
         raise Reject(501, "protocol upgrade with a request body is not supported")
 
-    pool = chooser.pool(preview, cookie, xff, peer)
+    # The colour: the common case (no preview asked for, all ordinary traffic on the active colour) inline.
+    state = chooser.state.current
+    if preview is None and not state.weight and (cookie is None or chooser.preview_bytes not in cookie):
+        pool = chooser.pools[state.active]
+        set_cookie = b""
+    else:
+        pool, set_cookie = chooser.choose(state, preview, cookie, sticky, xff, peer)
 
     out += (b"X-Forwarded-For: ", xff + b", " + peer if xff else peer, b"\r\n")
     if not has_xfp:
@@ -195,4 +206,5 @@ def read_request(
     ex.websocket = websocket
     ex.ignore_upgrade = ignore_upgrade
     ex.retryable = not has_body and method in IDEMPOTENT
+    ex.set_cookie = set_cookie
     return ex

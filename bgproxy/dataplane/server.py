@@ -9,7 +9,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from ..core.routing import Color
+from ..core.model import Color
 from ..log import log
 from ..metrics import ERROR_KINDS, Metrics
 from ..settings import Settings
@@ -47,9 +47,13 @@ class ProxyServer:
             for color, upstream in settings.upstreams().items()
         }
         self.chooser = Chooser(
-            state, self.pools, preview_cookie=settings.preview_cookie, policy=settings.preview_policy
+            state,
+            self.pools,
+            preview_cookie=settings.preview_cookie,
+            policy=settings.preview_policy,
+            sticky_cookie=settings.sticky_cookie,
         )
-        self.watch = watch_table(settings.preview_header)
+        self.watch = watch_table(settings.preview_header, settings.sticky_header)
         self.read_timeout = settings.upstream_read_timeout
         self.header_timeout = settings.header_timeout
         self.idle_timeout = settings.idle_timeout

@@ -181,6 +181,8 @@ class UpstreamConnection(asyncio.Protocol):
             elif lname == b"upgrade":
                 upgrade = value
         out.append(self.pool.color_line)
+        if ex.set_cookie:
+            out.append(ex.set_cookie)
         keep_alive = client.keep_alive_for(ex)
         if status == 101:
             out += (b"Connection: Upgrade\r\nUpgrade: ", upgrade or b"websocket", b"\r\n\r\n")

@@ -13,7 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..core.routing import State
+from ..core.model import State
 from .interface import SingleWriter, StoreConflict, StoreError
 
 

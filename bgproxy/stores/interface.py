@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from ..core.routing import State
+from ..core.model import State
 
 
 class StoreError(Exception):

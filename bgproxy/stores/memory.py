@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..core.routing import State
+from ..core.model import State
 from .interface import SingleWriter, StoreConflict
 
 

@@ -18,7 +18,22 @@ from tests.support.servers import TIMEOUT, StartProxy, Upstream, free_port
 
 # DESIGN's keys of GET /state (later issues add more: these must stay)
 STATE_KEYS = {"active", "standby", "previous", "revision", "updated_at", "source", "reason", "backends"}
-PATHS = {"/state", "/switch", "/promote", "/rollback", "/history", "/healthz", "/readyz", "/metrics", "/openapi.json"}
+PATHS = {
+    "/state",
+    "/switch",
+    "/promote",
+    "/rollback",
+    "/shift",
+    "/pause",
+    "/resume",
+    "/abort",
+    "/history",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+}
+MUTATING = ("/switch", "/promote", "/rollback", "/shift", "/pause", "/resume", "/abort")
 TOKEN = "s3cret-admin-token"
 
 
@@ -347,14 +362,14 @@ async def test_openapi_document_lists_every_path(proxy: Bgproxy, session: aiohtt
     assert doc["info"]["title"] and doc["info"]["version"]
     assert set(doc["paths"]) == PATHS
     methods = {path: set(item) for path, item in doc["paths"].items()}
-    assert methods == {p: {"post"} if p in ("/switch", "/promote", "/rollback") else {"get"} for p in PATHS}
-    for path in ("/switch", "/promote", "/rollback"):
+    assert methods == {p: {"post"} if p in MUTATING else {"get"} for p in PATHS}
+    for path in MUTATING:
         op = doc["paths"][path]["post"]
         assert {"200", "400", "401"} <= set(op["responses"]), path
         assert op["security"] == [{"bearer": []}]
     assert STATE_KEYS <= set(doc["components"]["schemas"]["StateView"]["required"])
     # every documented GET path answers (the document describes what is really served)
-    for path in PATHS - {"/switch", "/promote", "/rollback"}:
+    for path in PATHS - set(MUTATING):
         async with session.get(admin(proxy, path)) as r:
             assert r.status == 200, path
     validate(doc)  # the whole document against the OpenAPI 3.1 schema (raises on the first violation)

@@ -18,7 +18,7 @@ import pytest
 
 from bgproxy.admin.body import MAX_BODY, MAX_DEPTH, MAX_NUMBER_LENGTH
 from bgproxy.app import Bgproxy
-from bgproxy.core.routing import MAX_REASON
+from bgproxy.core.model import MAX_REASON
 from tests.support.servers import TIMEOUT, RawClient, StartProxy
 
 TOKEN = "hostile-cases-token-0d3e"

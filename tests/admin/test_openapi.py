@@ -17,7 +17,7 @@ from bgproxy.admin.middleware import needs_guard
 from bgproxy.admin.routes import ROUTES
 from bgproxy.admin.schemas import HistoryView, RequestBody, SwitchBody
 from bgproxy.app import Bgproxy
-from bgproxy.core.routing import MAX_REASON
+from bgproxy.core.model import MAX_REASON
 from bgproxy.state import HISTORY_SIZE
 from tests.support.servers import TIMEOUT, StartProxy
 

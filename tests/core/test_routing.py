@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bgproxy.core import routing
-from bgproxy.core.routing import Color, InvalidColor, NothingToRollBack, State
+from bgproxy.core.model import Color, InvalidColor, NothingToRollBack, State, initial_state
 
 BLUE, GREEN = Color.BLUE, Color.GREEN
 
@@ -127,7 +127,7 @@ def test_rollback_with_nothing_to_roll_back_raises(start: State) -> None:
 
 
 def test_initial_state() -> None:
-    s = routing.initial_state(GREEN, now=42.0)
+    s = initial_state(GREEN, now=42.0)
     assert (s.active, s.standby, s.previous, s.revision, s.updated_at, s.source, s.reason) == (
         GREEN,
         BLUE,
@@ -222,7 +222,7 @@ OPS = st.lists(
 @settings(database=None, deadline=None)
 @given(start=st.sampled_from([BLUE, GREEN]), ops=OPS)
 def test_any_sequence_of_flips_keeps_the_invariants(start: Color, ops: list[tuple[str, Color | None]]) -> None:
-    s = routing.initial_state(start, now=0.0)
+    s = initial_state(start, now=0.0)
     last_flipped_from: Color | None = None
     for i, (op, to) in enumerate(ops):
         before = s

@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 
 from bgproxy.app import Bgproxy
-from bgproxy.core.routing import Color, State
+from bgproxy.core.model import Color, State
 from bgproxy.settings import load_settings
 from bgproxy.stores import StoreError
 from bgproxy.stores.configmap.client import BACKOFF_CAP

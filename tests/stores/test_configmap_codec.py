@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from bgproxy.core.routing import MAX_REASON, Color, State
+from bgproxy.core.model import MAX_REASON, Color, State
 from bgproxy.stores.configmap.codec import EDITED, KEY_ACTIVE, KEY_REASON, KEY_STATE, configmap_data, read_configmap
 
 NOW = 1000.0
@@ -160,4 +160,6 @@ def test_data_holds_exactly_the_keys_bgproxy_writes() -> None:
         "source": "admin",
         "reason": "deploy",
         "forced": False,
+        "weight": 0,
+        "rollout": None,
     }

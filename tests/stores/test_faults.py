@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bgproxy.core.routing import Color, initial_state
+from bgproxy.core.model import Color, initial_state
 from tests.support.processes import (
     ServeProcess,
     assert_flips_refused,

@@ -19,8 +19,7 @@ import aiohttp
 import pytest
 
 from bgproxy.app import Bgproxy
-from bgproxy.core import routing
-from bgproxy.core.routing import Color, State
+from bgproxy.core.model import Color, State, initial_state
 from bgproxy.settings import load_settings
 from bgproxy.stores import StoreConflict, StoreError
 from bgproxy.stores.file import FileStore
@@ -231,7 +230,7 @@ async def test_file_store_refuses_a_stale_write(tmp_path: Path) -> None:
     # a second writer (another process's view of the same file) is refused the same way
     other = FileStore(path)
     with pytest.raises(StoreConflict):
-        await other.write(routing.initial_state(Color.BLUE, now=2.0), expected_revision=-1)
+        await other.write(initial_state(Color.BLUE, now=2.0), expected_revision=-1)
     assert await other.load() == _state(Color.GREEN, 1, Color.BLUE)
     assert leftovers(tmp_path, "state.json") == []
 
@@ -259,7 +258,7 @@ async def test_unwritable_state_directory_makes_switch_fail_with_503(tmp_path: P
     """The state file is reached through /proc/self/fd/N: readable, but no file can be created in that directory,
     not even by root, so the atomic write (temp file + rename) fails like on a read-only volume."""
     real = tmp_path / "state.json"
-    real.write_text(json.dumps(routing.initial_state(Color.BLUE, now=1.0).to_dict()))
+    real.write_text(json.dumps(initial_state(Color.BLUE, now=1.0).to_dict()))
     fd = os.open(real, os.O_RDONLY)
     try:
         path = f"/proc/self/fd/{fd}"

@@ -113,6 +113,19 @@ def blocking_get(url: str) -> tuple[int, bytes]:
             return exc.code, exc.read()
 
 
+def changed_only_by_timers(base: str, before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """Whether the state went from `before` to `after` only by the steps of a stepped promotion (its timer runs on its
+    own clock, so between two reads it may have taken a step); an unchanged state counts too. For the fuzzers: a
+    refused call must change nothing, yet a step started by an earlier example may land meanwhile."""
+    keys = ("active", "revision", "weight", "rollout", "source", "reason", "forced", "previous")
+    if all(before.get(k) == after.get(k) for k in keys):
+        return True
+    status, body = blocking_get(f"{base}/history")
+    assert status == 200
+    newer = [e for e in json.loads(body)["history"] if before["revision"] < e["revision"] <= after["revision"]]
+    return len(newer) == after["revision"] - before["revision"] and all(e["source"] == "rollout" for e in newer)
+
+
 @dataclass
 class Exited:
     """How a background `bgproxy serve` ended: filled in when its `with` block is left."""

@@ -10,7 +10,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ...core.routing import MAX_REASON, Color, InvalidColor, State
+from ...core.model import MAX_REASON, Color, InvalidColor, State
 
 # Keys people and Git own: an edit of one is a change that every replica applies.
 KEY_ACTIVE = "active"  # blue|green, the colour that serves ordinary traffic

@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ...core.routing import State
+from ...core.model import State
 from ...log import log
 from ..interface import StoreConflict, StoreError
 from .client import Backoff, ConfigMapApi, Refused

@@ -1,0 +1,86 @@
+"""The timer of a stepped promotion. Every replica runs one and no replica is special: the plan lives in the store,
+whichever replica's timer fires first takes the step through the store's precondition, and the others' attempts
+become no-ops (`rollout.advance` finds nothing due in the newer state). A replica that restarts reads the plan and
+goes on; a store that cannot be written holds the step until it can.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+
+from ..core import rollout
+from ..core.model import Color, State
+from ..log import log
+from ..state import StateHolder
+from ..stores import StoreError
+
+logger = logging.getLogger("bgproxy.release")
+RETRY = 1.0  # seconds: a step that could not be written (store away, standby down) is tried again this often
+
+
+class StepTimer:
+    def __init__(self, holder: StateHolder, healthy: Mapping[Color, bool]) -> None:
+        self.holder = holder
+        self.healthy = healthy
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._held: tuple[int, int] | None = None  # (revision, step) of a due step held back, logged once
+
+    def start(self) -> None:
+        self.holder.listeners.append(self._changed)
+        self._task = asyncio.create_task(self._run(), name="bgproxy-step-timer")
+
+    async def stop(self) -> None:
+        if self._changed in self.holder.listeners:
+            self.holder.listeners.remove(self._changed)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _changed(self, old: State, new: State) -> None:
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                delay = await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug of ours must not stop every rollout of this replica for good
+                logger.exception("step_timer_failed")
+                delay = RETRY
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+
+    async def tick(self) -> float | None:
+        """One attempt: take the step if it is due. Returns how long to wait before the next look (None: until the
+        state changes)."""
+        current = self.holder.current
+        plan = current.rollout
+        if plan is None or plan.paused or not self.holder.loaded:
+            return None
+        wait = plan.due_at - time.time()
+        if wait > 0:
+            return wait
+        try:
+            after = await self.holder.change(
+                lambda state: rollout.advance(state, now=time.time(), healthy=self.healthy)
+            )
+        except StoreError as exc:
+            log(logger, "step_not_written", level=logging.WARNING, error=str(exc), retry_in=RETRY)
+            return RETRY
+        if after.rollout is not None and after.rollout.step == plan.step and after.revision == current.revision:
+            # Due but not taken: the standby colour is failing its health checks. Hold, and look again.
+            held = (after.revision, plan.step)
+            level = logging.WARNING if held != self._held else logging.DEBUG
+            self._held = held
+            log(logger, "step_held", level=level, standby=after.standby.value, step=plan.step + 1, why="standby down")
+            return RETRY
+        return 0.0 if after.rollout is not None else None

@@ -38,14 +38,20 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%H:%M:%S", time.localtime(record.created))
         parts = [ts, record.levelname.lower(), record.getMessage()]
-        parts += [
-            f"{k}={v!r}" if isinstance(v, str) and " " in v else f"{k}={v}"
-            for k, v in getattr(record, _FIELDS, {}).items()
-        ]
+        parts += [f"{k}={_text_value(v)}" for k, v in getattr(record, _FIELDS, {}).items()]
         line = " ".join(parts)
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
+
+
+def _text_value(value: Any) -> str:
+    """A value as one token of a text log line: quoted (and escaped) when it has spaces or anything unprintable, so a
+    reason with a newline cannot forge a log line of its own."""
+    text = value if isinstance(value, str) else str(value)
+    if text and text.isprintable() and " " not in text:
+        return text
+    return repr(text)
 
 
 def setup_logging(level: str, fmt: str) -> None:

@@ -121,11 +121,8 @@ def bgproxy_importable() -> str | None:
     return "importing bgproxy fails: " + (done.stderr.strip().splitlines() or ["?"])[-1]
 
 
-def _bgproxy(h: Harness, origin: Origin, tools: dict[str, str]) -> Running:
-    reason = bgproxy_importable()
-    if reason:
-        raise BenchError(reason)
-    port, admin = free_ports(2)
+def bgproxy_command(origin: Origin, port: int, admin: int) -> tuple[list[str], dict[str, str]]:
+    """argv and extra environment of the bgproxy the benchmark measures (the instruction count uses it too)."""
     argv = [
         sys.executable,
         "-m",
@@ -145,7 +142,16 @@ def _bgproxy(h: Harness, origin: Origin, tools: dict[str, str]) -> Running:
         "warning",
     ]
     # no drain on SIGTERM: the benchmark stops it when nothing is in flight
-    proc = h.spawn("bgproxy", argv, cpu=h.sut_cpu, env={"BGPROXY_DRAIN_GRACE": "0", "BGPROXY_DRAIN_TIMEOUT": "2"})
+    return argv, {"BGPROXY_DRAIN_GRACE": "0", "BGPROXY_DRAIN_TIMEOUT": "2"}
+
+
+def _bgproxy(h: Harness, origin: Origin, tools: dict[str, str]) -> Running:
+    reason = bgproxy_importable()
+    if reason:
+        raise BenchError(reason)
+    port, admin = free_ports(2)
+    argv, env = bgproxy_command(origin, port, admin)
+    proc = h.spawn("bgproxy", argv, cpu=h.sut_cpu, env=env)
     wait_tcp(port, START_TIMEOUT, proc)
     wait_http(f"http://127.0.0.1:{admin}/readyz", START_TIMEOUT, proc)
     return Running("bgproxy", f"http://127.0.0.1:{port}", proc, admin_url=f"http://127.0.0.1:{admin}")

@@ -247,9 +247,14 @@ def run(a: argparse.Namespace) -> int:
                 if bg is None:
                     print("bench: flip run skipped: bgproxy is not running", file=sys.stderr)
                 else:
+                    variants = [bg]
+                    try:  # the same flips at the default settings, started only now: idle until here otherwise
+                        variants.append(systems.check_relays(systems.start_bgproxy(h, org, "defaults")))
+                    except BenchError as exc:
+                        statuses.fail("bgproxy", f"at the default settings, did not start: {exc}")
                     flip_runs = flip.run(
                         h,
-                        bg,
+                        variants,
                         statuses,
                         scripts[True],
                         reps=min(a.reps, 3),

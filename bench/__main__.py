@@ -1,4 +1,4 @@
-"""python -m bench [all|throughput|stream|flip] — see --help."""
+"""python -m bench [all|throughput|stream|flip|instructions] — see --help."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from . import deps, flip, origin, procstat, report, stream, systems, throughput
+from . import deps, flip, instructions, origin, procstat, report, stream, systems, throughput
 from .harness import REPO_ROOT, BenchError, Harness
 from .status import Status, Statuses
 from .wrk import write_scripts
@@ -34,15 +34,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m bench",
         description="Benchmark bgproxy against nginx, HAProxy and a plain aiohttp proxy (loopback only).",
         epilog="Examples: python -m bench --quick --require bgproxy (CI smoke);  python -m bench (full run, "
-        "~15 min);  python -m bench stream --only nginx,bgproxy;  python -m bench flip",
+        "~15 min);  python -m bench stream --only nginx,bgproxy;  python -m bench flip;  "
+        "python -m bench instructions (callgrind's instructions per request of bgproxy, deterministic)",
     )
-    p.add_argument("mode", nargs="?", default="all", choices=("all", "throughput", "stream", "flip"))
+    p.add_argument("mode", nargs="?", default="all", choices=("all", "throughput", "stream", "flip", "instructions"))
     p.add_argument("--quick", action="store_true", help="seconds-long smoke: 1 rep of 1 s, 64 MiB streams")
     p.add_argument("--reps", type=int, help="interleaved repetitions (default 5; quick 1)")
     p.add_argument("--duration", type=int, help="seconds per wrk run (default 10; quick 1)")
     p.add_argument("--warmup", type=int, help="seconds of wrk warm-up per system and path (default 2; quick 0)")
     p.add_argument("--connections", type=int, default=50, help="wrk connections (default 50)")
-    p.add_argument("--paths", default="small,16k", help=f"of {','.join(PATHS)} (default small,16k)")
+    p.add_argument("--paths", help=f"of {','.join(PATHS)} (default small,16k; for instructions small,ingress)")
     p.add_argument("--only", help=f"systems to run, of {','.join(systems.ORDER)} (default all)")
     p.add_argument(
         "--require",
@@ -63,9 +64,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="directory for results.md/.json (default bench/results; other modes: results-MODE.*)",
     )
     p.add_argument("--keep-workdir", action="store_true", help="keep configs and logs (path is printed)")
+    instructions.add_arguments(p)
     a = p.parse_args(argv)
     quick = a.quick
-    a.reps = a.reps or (1 if quick else 5)
+    counting = a.mode == "instructions"
+    a.reps = a.reps or (1 if quick else 3 if counting else 5)
+    a.requests = a.requests or (1000 if quick else 10000)
+    a.warmup_requests = a.warmup_requests or (300 if quick else 3000)
+    a.paths = a.paths or ("small,ingress" if counting else "small,16k")
+    if (a.rev or a.tree) and not counting:
+        p.error("--rev and --tree are for the instructions mode")
     a.duration = a.duration or (1 if quick else 10)
     a.warmup = a.warmup if a.warmup is not None else (0 if quick else 2)
     a.stream_mib = a.stream_mib or (64 if quick else 1024)
@@ -159,7 +167,24 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
+def count_instructions(a: argparse.Namespace) -> int:
+    tools = deps.ensure_binaries({"nginx", "taskset", "wrk", "valgrind", "callgrind_control"})
+    sut_cpu, load_cpu = _cpus(a)
+    workdir = Path(tempfile.mkdtemp(prefix="bgproxy-instructions-"))
+    try:
+        with Harness(workdir, sut_cpu, load_cpu) as h:
+            instructions.run(a, h, tools)
+    finally:
+        if a.keep_workdir:
+            print(f"bench: configs, logs and callgrind dumps kept in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
 def run(a: argparse.Namespace) -> int:
+    if a.mode == "instructions":
+        return count_instructions(a)
     wanted_tools = {"nginx", "taskset"}
     if a.mode in ("all", "throughput", "flip"):
         wanted_tools.add("wrk")
@@ -222,9 +247,14 @@ def run(a: argparse.Namespace) -> int:
                 if bg is None:
                     print("bench: flip run skipped: bgproxy is not running", file=sys.stderr)
                 else:
+                    variants = [bg]
+                    try:  # the same flips at the default settings, started only now: idle until here otherwise
+                        variants.append(systems.check_relays(systems.start_bgproxy(h, org, "defaults")))
+                    except BenchError as exc:
+                        statuses.fail("bgproxy", f"at the default settings, did not start: {exc}")
                     flip_runs = flip.run(
                         h,
-                        bg,
+                        variants,
                         statuses,
                         scripts[True],
                         reps=min(a.reps, 3),

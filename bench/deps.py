@@ -12,7 +12,15 @@ from collections.abc import Iterable
 from .harness import BenchError
 
 # binary -> Debian package
-APT_PACKAGES = {"nginx": "nginx", "haproxy": "haproxy", "wrk": "wrk", "curl": "curl", "taskset": "util-linux"}
+APT_PACKAGES = {
+    "nginx": "nginx",
+    "haproxy": "haproxy",
+    "wrk": "wrk",
+    "curl": "curl",
+    "taskset": "util-linux",
+    "valgrind": "valgrind",
+    "callgrind_control": "valgrind",
+}
 # import name -> PyPI name
 PYPI_PACKAGES = {"aiohttp": "aiohttp", "uvloop": "uvloop"}
 _SBIN = ("/usr/sbin", "/sbin", "/usr/local/sbin")

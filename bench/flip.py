@@ -1,5 +1,8 @@
 """bgproxy under wrk load while the admin API flips the active colour every 100 ms, against runs
-without flips, interleaved. Errors are counted by a wrk Lua response() hook (non-2xx) plus socket errors."""
+without flips, interleaved. Errors are counted by a wrk Lua response() hook (non-2xx) plus socket errors.
+
+Each bgproxy variant runs (systems.BGPROXY_VARIANTS): as the benchmark runs it (memory store, warning logs)
+and at the defaults (file store, which fsyncs every flip, and info logs, a line per flip)."""
 
 from __future__ import annotations
 
@@ -72,6 +75,7 @@ class Flipper:
 @dataclass
 class FlipRun:
     rep: int
+    variant: str  # a key of systems.BGPROXY_VARIANTS
     flipping: bool
     sample: Sample
     flips_ok: int = 0
@@ -86,6 +90,7 @@ class FlipRun:
     def to_dict(self) -> dict[str, object]:
         return {
             **self.sample.to_dict(),
+            "variant": self.variant,
             "flipping": self.flipping,
             "flips_ok": self.flips_ok,
             "flips_failed": self.flips_failed,
@@ -96,7 +101,7 @@ class FlipRun:
 
 def run(
     h: Harness,
-    bg: Running,
+    variants: list[Running],
     statuses: Statuses,
     script: Path,
     *,
@@ -106,43 +111,47 @@ def run(
     interval: float,
     path: str = "/small",
 ) -> list[FlipRun]:
-    assert bg.admin_url is not None
+    """Per rep and per bgproxy variant: a steady run, then one with flips."""
     runs: list[FlipRun] = []
     for rep in range(1, reps + 1):
-        for flipping in (False, True):
-            try:
-                if flipping:
-                    with Flipper(bg.admin_url, interval) as flipper:
-                        sample = measure(h, bg, rep, path, script, duration, connections)
-                    lat = sorted(flipper.latencies_ms)
-                    run = FlipRun(
-                        rep,
-                        True,
-                        sample,
-                        flipper.ok,
-                        len(flipper.failed),
-                        flipper.failed,
-                        lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else None,
-                    )
-                else:
-                    run = FlipRun(rep, False, measure(h, bg, rep, path, script, duration, connections))
-            except BenchError as exc:
-                statuses.fail(bg.name, f"flip rep {rep}: {exc}")
-                return runs
-            runs.append(run)
-            result = run.wrk
-            errors = (result.non2xx or 0) + result.socket_errors
-            print(
-                f"[flip {rep}/{reps}] {'flipping' if flipping else 'steady':<8} {result.rps:9.0f} rps  p99 "
-                f"{result.p99_ms:6.2f} ms  non-2xx {result.non2xx}  socket errors {result.socket_errors}  "
-                f"served blue/green {result.blue}/{result.green}  flips {run.flips_ok} ok "
-                f"{run.flips_failed} failed",
-                file=sys.stderr,
-            )
-            if errors or run.flips_failed:
-                statuses.fail(
-                    bg.name,
-                    f"flip rep {rep}: {errors} request errors, {run.flips_failed} failed flips"
-                    + (f" ({run.flip_errors[0]})" if run.flip_errors else ""),
+        for bg in variants:
+            assert bg.admin_url is not None
+            for flipping in (False, True):
+                try:
+                    if flipping:
+                        with Flipper(bg.admin_url, interval) as flipper:
+                            sample = measure(h, bg, rep, path, script, duration, connections)
+                        lat = sorted(flipper.latencies_ms)
+                        run = FlipRun(
+                            rep,
+                            bg.variant,
+                            True,
+                            sample,
+                            flipper.ok,
+                            len(flipper.failed),
+                            flipper.failed,
+                            lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else None,
+                        )
+                    else:
+                        run = FlipRun(rep, bg.variant, False, measure(h, bg, rep, path, script, duration, connections))
+                except BenchError as exc:
+                    statuses.fail(bg.name, f"flip rep {rep} ({bg.variant}): {exc}")
+                    return runs
+                runs.append(run)
+                result = run.wrk
+                errors = (result.non2xx or 0) + result.socket_errors
+                print(
+                    f"[flip {rep}/{reps}] {bg.variant:<8} {'flipping' if flipping else 'steady':<8} "
+                    f"{result.rps:9.0f} rps  p99 {result.p99_ms:6.2f} ms  non-2xx {result.non2xx}  socket errors "
+                    f"{result.socket_errors}  served blue/green {result.blue}/{result.green}  flips "
+                    f"{run.flips_ok} ok {run.flips_failed} failed"
+                    + (f"  switch p99 {run.switch_p99_ms:.1f} ms" if run.switch_p99_ms is not None else ""),
+                    file=sys.stderr,
                 )
+                if errors or run.flips_failed:
+                    statuses.fail(
+                        bg.name,
+                        f"flip rep {rep} ({bg.variant}): {errors} request errors, {run.flips_failed} failed flips"
+                        + (f" ({run.flip_errors[0]})" if run.flip_errors else ""),
+                    )
     return runs

@@ -11,7 +11,7 @@ from pathlib import Path
 from .flip import FlipRun
 from .status import Statuses
 from .stream import Transfer
-from .systems import BASELINE
+from .systems import BASELINE, BGPROXY_VARIANTS
 from .throughput import Sample
 
 TARGET_RPS_RATIO = 0.65
@@ -154,29 +154,34 @@ def stream_table(transfers: Sequence[Transfer], order: Sequence[str]) -> str:
     return _table(header, lines)
 
 
-def flip_summary(runs: Sequence[FlipRun]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for flipping, key in ((False, "steady"), (True, "flipping")):
-        mine = [r for r in runs if r.flipping == flipping]
-        if mine:
-            out[key] = {
-                "reps": len(mine),
-                "rps": statistics.median(r.wrk.rps for r in mine),
-                "p50_ms": statistics.median(r.wrk.p50_ms for r in mine),
-                "p99_ms": statistics.median(r.wrk.p99_ms for r in mine),
-                "max_ms": max(r.wrk.max_ms for r in mine),
-                "non2xx": sum(r.wrk.non2xx or 0 for r in mine),
-                "socket_errors": sum(r.wrk.socket_errors for r in mine),
-                "flips_ok": sum(r.flips_ok for r in mine),
-                "flips_failed": sum(r.flips_failed for r in mine),
-                "served_blue": sum(r.wrk.blue or 0 for r in mine),
-                "served_green": sum(r.wrk.green or 0 for r in mine),
-            }
+def flip_summary(runs: Sequence[FlipRun]) -> dict[str, dict[str, dict[str, object]]]:
+    """{variant: {"steady" | "flipping": medians and sums over the reps}}."""
+    out: dict[str, dict[str, dict[str, object]]] = {}
+    for variant in BGPROXY_VARIANTS:
+        for flipping, key in ((False, "steady"), (True, "flipping")):
+            mine = [r for r in runs if r.variant == variant and r.flipping == flipping]
+            if mine:
+                switch_p99 = [r.switch_p99_ms for r in mine if r.switch_p99_ms is not None]
+                out.setdefault(variant, {})[key] = {
+                    "reps": len(mine),
+                    "rps": statistics.median(r.wrk.rps for r in mine),
+                    "p50_ms": statistics.median(r.wrk.p50_ms for r in mine),
+                    "p99_ms": statistics.median(r.wrk.p99_ms for r in mine),
+                    "max_ms": max(r.wrk.max_ms for r in mine),
+                    "non2xx": sum(r.wrk.non2xx or 0 for r in mine),
+                    "socket_errors": sum(r.wrk.socket_errors for r in mine),
+                    "flips_ok": sum(r.flips_ok for r in mine),
+                    "flips_failed": sum(r.flips_failed for r in mine),
+                    "switch_p99_ms": max(switch_p99) if switch_p99 else None,
+                    "served_blue": sum(r.wrk.blue or 0 for r in mine),
+                    "served_green": sum(r.wrk.green or 0 for r in mine),
+                }
     return out
 
 
-def flip_table(summary: dict[str, object]) -> str:
+def flip_table(summary: dict[str, dict[str, dict[str, object]]]) -> str:
     header = [
+        "bgproxy settings",
         "run",
         "rps",
         "p50 ms",
@@ -185,29 +190,36 @@ def flip_table(summary: dict[str, object]) -> str:
         "non-2xx",
         "socket errors",
         "flips ok/failed",
+        "POST /switch p99 ms",
         "served blue/green",
     ]
     lines = []
-    for key in ("steady", "flipping"):
-        s = summary.get(key)
-        if isinstance(s, dict):
-            lines.append(
-                [
-                    key,
-                    f"{s['rps']:.0f}",
-                    f"{s['p50_ms']:.2f}",
-                    f"{s['p99_ms']:.2f}",
-                    f"{s['max_ms']:.1f}",
-                    str(s["non2xx"]),
-                    str(s["socket_errors"]),
-                    f"{s['flips_ok']}/{s['flips_failed']}",
-                    f"{s['served_blue']}/{s['served_green']}",
-                ]
-            )
+    for variant, runs in summary.items():
+        for key in ("steady", "flipping"):
+            s = runs.get(key)
+            if s is not None:
+                switch = s["switch_p99_ms"]
+                lines.append(
+                    [
+                        BGPROXY_VARIANTS[variant],
+                        key,
+                        f"{s['rps']:.0f}",
+                        f"{s['p50_ms']:.2f}",
+                        f"{s['p99_ms']:.2f}",
+                        f"{s['max_ms']:.1f}",
+                        str(s["non2xx"]),
+                        str(s["socket_errors"]),
+                        f"{s['flips_ok']}/{s['flips_failed']}",
+                        "—" if switch is None else f"{switch:.1f}",
+                        f"{s['served_blue']}/{s['served_green']}",
+                    ]
+                )
     return _table(header, lines)
 
 
-def targets(rows: Sequence[Row], transfers: Sequence[Transfer], flip: dict[str, object]) -> list[str]:
+def targets(
+    rows: Sequence[Row], transfers: Sequence[Transfer], flip: dict[str, dict[str, dict[str, object]]]
+) -> list[str]:
     """Issue 4's targets, checked for bgproxy against what this run measured."""
     out = []
     for r in rows:
@@ -226,15 +238,18 @@ def targets(rows: Sequence[Row], transfers: Sequence[Transfer], flip: dict[str, 
                 f"{'PASS' if ok else 'MISS'} stream {t.direction}: RSS +{t.rss_growth_mib:.1f} MiB "
                 f"(target < {TARGET_RSS_GROWTH_MIB:.0f}), {t.mib_s:.0f} MiB/s"
             )
-    steady, flipping = flip.get("steady"), flip.get("flipping")
-    if isinstance(steady, dict) and isinstance(flipping, dict):
-        errors = flipping["non2xx"] + flipping["socket_errors"]
-        nginx_p99 = [r.p99_ms for r in rows if r.system == BASELINE and r.path == "/small"]
-        limit = TARGET_P99_RATIO * nginx_p99[0] if nginx_p99 else None
-        ok = errors == 0 and flipping["flips_failed"] == 0 and (limit is None or flipping["p99_ms"] <= limit)
+    nginx_p99 = [r.p99_ms for r in rows if r.system == BASELINE and r.path == "/small"]
+    limit = TARGET_P99_RATIO * nginx_p99[0] if nginx_p99 else None
+    for variant, runs in flip.items():
+        steady, flipping = runs.get("steady"), runs.get("flipping")
+        if steady is None or flipping is None:
+            continue
+        errors = int(flipping["non2xx"]) + int(flipping["socket_errors"])  # type: ignore[call-overload]
+        p99, steady_p99 = float(flipping["p99_ms"]), float(steady["p99_ms"])  # type: ignore[arg-type]
+        ok = errors == 0 and flipping["flips_failed"] == 0 and (limit is None or p99 <= limit)
         out.append(
-            f"{'PASS' if ok else 'MISS'} flip under load: {errors} errors, {flipping['flips_ok']} flips, p99 "
-            f"{flipping['p99_ms']:.2f} ms vs {steady['p99_ms']:.2f} ms steady"
+            f"{'PASS' if ok else 'MISS'} flip under load ({BGPROXY_VARIANTS[variant]}): {errors} errors, "
+            f"{flipping['flips_ok']} flips, p99 {p99:.2f} ms vs {steady_p99:.2f} ms steady"
             + (f" (limit 1.5x nginx p99 = {limit:.2f} ms)" if limit else "")
         )
     return out
@@ -248,7 +263,7 @@ def render(
     rows: Sequence[Row],
     samples: Sequence[Sample],
     transfers: Sequence[Transfer],
-    flip: dict[str, object],
+    flip: dict[str, dict[str, dict[str, object]]],
 ) -> str:
     parts = [
         "# bgproxy benchmark",

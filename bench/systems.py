@@ -6,6 +6,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import procstat
 from .harness import REPO_ROOT, BenchError, Harness, Proc, free_ports, wait_http, wait_tcp
@@ -23,6 +24,7 @@ class Running:
     url: str
     proc: Proc  # whose process tree is the system under test (for direct: the origin nginx)
     admin_url: str | None = None
+    variant: str = ""  # bgproxy's: a key of BGPROXY_VARIANTS
 
     def pids(self) -> list[int]:
         return procstat.tree(self.proc.pid)
@@ -121,11 +123,15 @@ def bgproxy_importable() -> str | None:
     return "importing bgproxy fails: " + (done.stderr.strip().splitlines() or ["?"])[-1]
 
 
-def _bgproxy(h: Harness, origin: Origin, tools: dict[str, str]) -> Running:
-    reason = bgproxy_importable()
-    if reason:
-        raise BenchError(reason)
-    port, admin = free_ports(2)
+# How the benchmark runs bgproxy: "bench" as every system is measured (nothing written, quiet logs); "defaults"
+# as an operator gets it without flags (the file store, which fsyncs every flip, and info logs, a line per flip).
+BGPROXY_VARIANTS = {"bench": "memory store, warning logs", "defaults": "file store, info logs (the defaults)"}
+
+
+def bgproxy_command(
+    origin: Origin, port: int, admin: int, *, variant: str = "bench", workdir: Path | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """argv and extra environment of a bgproxy the benchmark measures (the instruction count uses it too)."""
     argv = [
         sys.executable,
         "-m",
@@ -139,16 +145,40 @@ def _bgproxy(h: Harness, origin: Origin, tools: dict[str, str]) -> Running:
         f"127.0.0.1:{port}",
         "--admin-listen",
         f"127.0.0.1:{admin}",
-        "--state-backend",
-        "memory",
-        "--log-level",
-        "warning",
     ]
+    if variant == "bench":
+        argv += ["--state-backend", "memory", "--log-level", "warning"]
+    elif variant == "defaults" and workdir is not None:  # the default settings, the state file in the workdir
+        argv += ["--state-backend", "file", "--state-file", str(workdir / "bgproxy-state.json"), "--log-level", "info"]
+    else:
+        raise ValueError(f"unknown bgproxy variant {variant!r} (or no workdir for its state file)")
     # no drain on SIGTERM: the benchmark stops it when nothing is in flight
-    proc = h.spawn("bgproxy", argv, cpu=h.sut_cpu, env={"BGPROXY_DRAIN_GRACE": "0", "BGPROXY_DRAIN_TIMEOUT": "2"})
+    return argv, {"BGPROXY_DRAIN_GRACE": "0", "BGPROXY_DRAIN_TIMEOUT": "2"}
+
+
+def start_bgproxy(h: Harness, origin: Origin, variant: str = "bench") -> Running:
+    reason = bgproxy_importable()
+    if reason:
+        raise BenchError(reason)
+    port, admin = free_ports(2)
+    argv, env = bgproxy_command(origin, port, admin, variant=variant, workdir=h.workdir)
+    proc = h.spawn("bgproxy" if variant == "bench" else f"bgproxy-{variant}", argv, cpu=h.sut_cpu, env=env)
     wait_tcp(port, START_TIMEOUT, proc)
     wait_http(f"http://127.0.0.1:{admin}/readyz", START_TIMEOUT, proc)
-    return Running("bgproxy", f"http://127.0.0.1:{port}", proc, admin_url=f"http://127.0.0.1:{admin}")
+    return Running("bgproxy", f"http://127.0.0.1:{port}", proc, admin_url=f"http://127.0.0.1:{admin}", variant=variant)
+
+
+def check_relays(running: Running) -> Running:
+    """The system relays both test bodies intact (before anything is measured through it)."""
+    for path, want in (("/small", SMALL_BODY), ("/16k", BODY_16K)):
+        got = wait_http(running.url + path, START_TIMEOUT, running.proc)
+        if got != want:
+            raise BenchError(f"{running.name} relays a wrong body for {path} ({len(got)} bytes, want {len(want)})")
+    return running
+
+
+def _bgproxy(h: Harness, origin: Origin, tools: dict[str, str]) -> Running:
+    return start_bgproxy(h, origin)
 
 
 def _direct(h: Harness, origin: Origin, tools: dict[str, str]) -> Running:
@@ -169,9 +199,4 @@ PYTHON_NEEDED = {"aiohttp": {"aiohttp", "uvloop"}}
 
 def start(name: str, h: Harness, origin: Origin, tools: dict[str, str]) -> Running:
     """Start a system and check that it relays both test bodies intact."""
-    running = STARTERS[name](h, origin, tools)
-    for path, want in (("/small", SMALL_BODY), ("/16k", BODY_16K)):
-        got = wait_http(running.url + path, START_TIMEOUT, running.proc)
-        if got != want:
-            raise BenchError(f"{name} relays a wrong body for {path} ({len(got)} bytes, want {len(want)})")
-    return running
+    return check_relays(STARTERS[name](h, origin, tools))

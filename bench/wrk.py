@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -67,6 +70,24 @@ end
 """
 
 
+# wrk -t1 stops once it has `limit` answers: a run sends the same load whatever the machine's speed.
+# thread:stop() ends the thread's loop, but wrk's main thread sleeps out -d regardless: the script says so on
+# stderr and run_wrk(stop_after=...) sends SIGINT, wrk's own "stop now", which wakes it to report.
+_STOPPED = "BENCH_STOPPED"
+_STOP_AFTER = r"""
+local limit = %d
+local seen = 0
+function response(status, headers, body)
+  seen = seen + 1
+  if seen == limit then
+    wrk.thread:stop()
+    io.stderr:write("BENCH_STOPPED\n")
+    io.stderr:flush()
+  end
+end
+"""
+
+
 @dataclass
 class WrkResult:
     requests: int
@@ -95,6 +116,42 @@ def write_scripts(workdir: Path) -> dict[bool, Path]:
     return paths
 
 
+def write_stop_after_script(workdir: Path, limit: int) -> Path:
+    """A script for `wrk -t1` that stops after `limit` responses (and reports like the others)."""
+    path = workdir / f"wrk-stop-after-{limit}.lua"
+    path.write_text(_STOP_AFTER % limit + _DONE)
+    return path
+
+
+def _run_until_stopped(argv: list[str], timeout: float) -> tuple[int, str, str]:
+    """Run wrk with a stop-after script; once it reports that its thread stopped, SIGINT it until it exits."""
+    deadline = time.monotonic() + timeout
+    popen = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=die_with_parent
+    )
+    try:
+        assert popen.stderr is not None
+        before = []
+        for line in popen.stderr:  # ends at the marker, or at EOF once wrk has run for its whole -d
+            if line.startswith(_STOPPED):
+                break
+            before.append(line)
+        # The kernel may hand SIGINT to the stopping worker thread rather than to the sleeping main one:
+        # repeat until the main thread has woken, joined and reported.
+        while popen.poll() is None:
+            if time.monotonic() > deadline:
+                raise BenchError(f"wrk did not stop within {timeout:.0f}s")
+            popen.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                popen.wait(0.2)
+        out, err = popen.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        return popen.returncode, out, "".join(before) + err
+    finally:
+        if popen.poll() is None:
+            popen.kill()
+            popen.wait()
+
+
 def run_wrk(
     argv_prefix: list[str],
     url: str,
@@ -105,8 +162,12 @@ def run_wrk(
     threads: int = 1,
     timeout_s: int = 2,
     headers: Sequence[str] = (),
+    stop_after: bool = False,
 ) -> WrkResult:
-    """argv_prefix is e.g. ['taskset', '-c', '0'] (or []); duration in whole seconds (wrk takes integers)."""
+    """argv_prefix is e.g. ['taskset', '-c', '0'] (or []); duration in whole seconds (wrk takes integers).
+
+    stop_after: the script is a write_stop_after_script one, and duration only bounds the run.
+    """
     argv = [
         *argv_prefix,
         "wrk",
@@ -120,15 +181,19 @@ def run_wrk(
         *(arg for header in headers for arg in ("-H", header)),
         url,
     ]
-    try:
-        done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=duration + 30, check=False, preexec_fn=die_with_parent
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise BenchError(f"wrk did not finish within {duration + 30}s") from exc
-    line = next((ln for ln in done.stdout.splitlines() if ln.startswith(_MARK)), None)
-    if done.returncode != 0 or line is None:
-        raise BenchError(f"wrk failed (exit {done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
+    if stop_after:
+        returncode, stdout, stderr = _run_until_stopped(argv, duration + 30)
+    else:
+        try:
+            done = subprocess.run(
+                argv, capture_output=True, text=True, timeout=duration + 30, check=False, preexec_fn=die_with_parent
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise BenchError(f"wrk did not finish within {duration + 30}s") from exc
+        returncode, stdout, stderr = done.returncode, done.stdout, done.stderr
+    line = next((ln for ln in stdout.splitlines() if ln.startswith(_MARK)), None)
+    if returncode != 0 or line is None:
+        raise BenchError(f"wrk failed (exit {returncode}): {stderr.strip() or stdout.strip()}")
     d = json.loads(line[len(_MARK) :])
     secs = d["duration_us"] / 1e6
     return WrkResult(

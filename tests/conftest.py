@@ -16,6 +16,11 @@ from bgproxy.app import Bgproxy
 from bgproxy.settings import load_settings
 from tests.support.servers import RawClient, StartProxy, Upstream, upstream_app
 
+# A skip for a missing tool fails under CI (CI=true), which installs them all: tests/support/tools.py.
+from tests.support.tools import pytest_addoption, pytest_make_collect_report, pytest_runtest_makereport
+
+__all__ = ["pytest_addoption", "pytest_make_collect_report", "pytest_runtest_makereport"]
+
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
     # Production runs on uvloop; so do the tests.

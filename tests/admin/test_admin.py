@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bgproxy.admin import MAX_BODY
 from bgproxy.app import Bgproxy
+from bgproxy.metrics import BUCKETS
 from tests.support.servers import TIMEOUT, StartProxy, Upstream, free_port
 
 # DESIGN's keys of GET /state (later issues add more: these must stay)
@@ -422,22 +424,41 @@ async def test_metrics_parse_and_count_per_colour(proxy: Bgproxy, session: aioht
     assert samples[("bgproxy_upstream_errors_total", lab(color="green", kind="connect"))] == 0
     assert not any(name == "bgproxy_switches_total" for name, _ in samples)
 
+    client_seconds = {"blue": 0.0, "green": 0.0}  # each request as the client timed it, per colour
+
+    async def timed(color: str) -> None:
+        start = time.perf_counter()
+        assert await served_by(session, proxy) == color
+        client_seconds[color] += time.perf_counter() - start
+
     for _ in range(3):
-        assert await served_by(session, proxy) == "blue"
+        await timed("blue")
     await call(session, proxy, "POST", "/switch", json={"to": "green"})
     for _ in range(2):
-        assert await served_by(session, proxy) == "green"
+        await timed("green")
+    start = time.perf_counter()
     async with session.post(f"http://127.0.0.1:{proxy.port}/status/404") as r:
         assert r.status == 404
+        await r.read()
+    client_seconds["green"] += time.perf_counter() - start
 
     names, samples = await scrape(session, proxy)
-    assert samples[("bgproxy_requests_total", lab(color="blue", method="GET", code="200"))] == 3
-    assert samples[("bgproxy_requests_total", lab(color="green", method="GET", code="200"))] == 2
-    assert samples[("bgproxy_requests_total", lab(color="green", method="POST", code="404"))] == 1
-    assert samples[("bgproxy_request_duration_seconds_count", lab(color="blue"))] == 3
-    assert samples[("bgproxy_request_duration_seconds_count", lab(color="green"))] == 3
-    assert samples[("bgproxy_request_duration_seconds_bucket", lab(color="blue", le="+Inf"))] == 3
-    assert samples[("bgproxy_request_duration_seconds_sum", lab(color="blue"))] >= 0
+    assert {labels: n for (name, labels), n in samples.items() if name == "bgproxy_requests_total"} == {
+        lab(color="blue", method="GET", code="200"): 3,
+        lab(color="green", method="GET", code="200"): 2,
+        lab(color="green", method="POST", code="404"): 1,
+    }
+    for color, count in (("blue", 3), ("green", 3)):
+        buckets = sorted(
+            (float(dict(labels)["le"]), n)
+            for (name, labels), n in samples.items()
+            if name == "bgproxy_request_duration_seconds_bucket" and dict(labels)["color"] == color
+        )
+        assert [le for le, _ in buckets] == list(BUCKETS)
+        assert [n for _, n in buckets] == sorted(n for _, n in buckets) and buckets[-1][1] == count  # cumulative
+        assert samples[("bgproxy_request_duration_seconds_count", lab(color=color))] == count
+        # in seconds, and each request counted once: no more than the client waited for them
+        assert 0 < samples[("bgproxy_request_duration_seconds_sum", lab(color=color))] <= client_seconds[color]
     assert samples[("bgproxy_inflight_requests", lab(color="blue"))] == 0
     assert samples[("bgproxy_inflight_requests", lab(color="green"))] == 0
     assert samples[("bgproxy_active_color", lab(color="blue"))] == 0

@@ -92,10 +92,28 @@ CASES: list[Case] = [
         "BGPROXY_UPSTREAM_READ_TIMEOUT",
         "greater than 0",
     ),
-    ("connect-timeout-negative-flag", {}, ["--upstream-connect-timeout", "-5"], "BGPROXY_UPSTREAM_CONNECT_TIMEOUT", ""),
-    ("connect-timeout-zero", {"BGPROXY_UPSTREAM_CONNECT_TIMEOUT": "0"}, [], "BGPROXY_UPSTREAM_CONNECT_TIMEOUT", ""),
+    (
+        "connect-timeout-negative-flag",
+        {},
+        ["--upstream-connect-timeout", "-5"],
+        "BGPROXY_UPSTREAM_CONNECT_TIMEOUT",
+        "greater than 0, got '-5'",
+    ),
+    (
+        "connect-timeout-zero",
+        {"BGPROXY_UPSTREAM_CONNECT_TIMEOUT": "0"},
+        [],
+        "BGPROXY_UPSTREAM_CONNECT_TIMEOUT",
+        "greater than 0, got '0'",
+    ),
     ("header-timeout-words", {"BGPROXY_HEADER_TIMEOUT": "soon"}, [], "BGPROXY_HEADER_TIMEOUT", "number"),
-    ("drain-grace-negative", {"BGPROXY_DRAIN_GRACE": "-1"}, [], "BGPROXY_DRAIN_GRACE", ""),
+    (
+        "drain-grace-negative",
+        {"BGPROXY_DRAIN_GRACE": "-1"},
+        [],
+        "BGPROXY_DRAIN_GRACE",
+        "greater than or equal to 0, got '-1'",
+    ),
     (
         "token-file-missing",
         {"BGPROXY_ADMIN_TOKEN_FILE": "/nonexistent/token"},
@@ -113,7 +131,13 @@ CASES: list[Case] = [
     ),
     ("state-backend-unknown", {"BGPROXY_STATE_BACKEND": "redis"}, [], "BGPROXY_STATE_BACKEND", "'memory'"),
     ("log-level-unknown", {"BGPROXY_LOG_LEVEL": "loud"}, [], "BGPROXY_LOG_LEVEL", "'info'"),
-    ("max-connections-zero", {"BGPROXY_MAX_CONNECTIONS": "0"}, [], "BGPROXY_MAX_CONNECTIONS", ""),
+    (
+        "max-connections-zero",
+        {"BGPROXY_MAX_CONNECTIONS": "0"},
+        [],
+        "BGPROXY_MAX_CONNECTIONS",
+        "greater than or equal to 1, got '0'",
+    ),
     ("preview-header-space", {"BGPROXY_PREVIEW_HEADER": "X Preview"}, [], "BGPROXY_PREVIEW_HEADER", "header name"),
 ]
 # A few of them also as real processes: the exit status and stderr of `python -m bgproxy serve` itself.
@@ -131,6 +155,10 @@ SUBPROCESS_CASES = [
 def case_env(overrides: dict[str, str | None]) -> dict[str, str]:
     env: dict[str, str | None] = {**BASE_ENV, **overrides}
     return {k: v for k, v in env.items() if v is not None}
+
+
+def test_every_case_expects_words() -> None:
+    assert all(words for *_, words in CASES)  # an empty string would accept any message
 
 
 def check_error_line(stderr: str, variable: str, words: str) -> None:

@@ -175,18 +175,33 @@ async def test_non_websocket_upgrade_is_ignored_and_request_served(strict_proxy:
     assert b"get /next " in received
 
 
-async def test_stalled_request_body_gets_408_and_is_not_completed_upstream(
-    start_proxy: StartProxy, recording_upstream: RawUpstream
-) -> None:
-    app = await start_proxy(blue_url=recording_upstream.url, upstream_read_timeout="0.4")
-    c = await RawClient.connect(app.port)
-    try:
-        await c.send(b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\nonly part of it")
-        status, headers, _ = await c.read_response()
-        assert status == 408 and headers["connection"] == ["close"]
-        assert await c.closed()
-    finally:
-        await c.close()
+async def test_stalled_request_body_gets_408_and_is_not_completed_upstream(start_proxy: StartProxy) -> None:
+    arrived = bytearray()
+    upstream_closed = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):  # never answers: it waits for the whole body
+                arrived.extend(data)
+        finally:
+            upstream_closed.set()  # EOF or reset: the proxy gave up on the request
+
+    async with RawUpstream(handler) as up:
+        app = await start_proxy(blue_url=up.url, upstream_read_timeout="0.4")
+        c = await RawClient.connect(app.port)
+        try:
+            await c.send(b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\nonly part of it")
+            status, headers, _ = await c.read_response()
+            assert status == 408 and headers["connection"] == ["close"]
+            assert await c.closed()
+        finally:
+            await c.close()
+        # The body was streamed as it came and then cut: the upstream connection is closed with the request
+        # short of its Content-Length, so the upstream can never take it for a complete upload.
+        await asyncio.wait_for(upstream_closed.wait(), TIMEOUT)
+    head, _, body = bytes(arrived).partition(b"\r\n\r\n")
+    assert head.startswith(b"POST /upload HTTP/1.1\r\n") and b"\r\ncontent-length: 100" in head.lower()
+    assert body == b"only part of it"
 
 
 async def test_idle_keepalive_client_is_closed(start_proxy: StartProxy, recording_upstream: RawUpstream) -> None:

@@ -272,15 +272,22 @@ def test_watch_timeout_seconds_ends_the_stream(v1: client.CoreV1Api, api: KubeAP
 
 
 def test_watch_bookmarks_carry_only_the_resource_version(v1: client.CoreV1Api, api: KubeAPIServer) -> None:
-    v1.create_namespaced_config_map(NS, configmap("a", {}))
+    start = v1.create_namespaced_config_map(NS, configmap("a", {})).metadata.resource_version
+    changed = api.set_configmap("a", {"k": "1"})["metadata"]["resourceVersion"]  # replayed to the watch
+    # filtered out by the field selector: only a bookmark can tell the client that this version exists
+    newest = api.set_configmap("b", {"k": "1"})["metadata"]["resourceVersion"]
     w = watch.Watch()
-    for event in w.stream(v1.list_namespaced_config_map, NS, resource_version=str(api.resource_version),
-                          allow_watch_bookmarks=True, timeout_seconds=int(WAIT)):
-        assert event["type"] == "BOOKMARK"
-        assert event["raw_object"] == {"kind": "ConfigMap", "apiVersion": "v1",
-                                       "metadata": {"resourceVersion": str(api.resource_version)}}
-        w.stop()
-    assert w.resource_version == str(api.resource_version)
+    seen = []
+    for event in w.stream(v1.list_namespaced_config_map, NS, field_selector="metadata.name=a",
+                          resource_version=start, allow_watch_bookmarks=True, timeout_seconds=int(WAIT)):
+        seen.append(event)
+        if [e["type"] for e in seen].count("BOOKMARK") == 2:
+            w.stop()
+    assert [e["type"] for e in seen] == ["MODIFIED", "BOOKMARK", "BOOKMARK"]
+    assert seen[0]["object"].metadata.resource_version == changed
+    bookmark = {"kind": "ConfigMap", "apiVersion": "v1", "metadata": {"resourceVersion": newest}}
+    assert [e["raw_object"] for e in seen[1:]] == [bookmark, bookmark]
+    assert newest != changed and w.resource_version == newest  # the client resumes from the bookmark
 
 
 def test_watch_from_a_compacted_resource_version_is_410(v1: client.CoreV1Api, api: KubeAPIServer) -> None:
@@ -305,10 +312,14 @@ def test_history_size_bounds_watchable_versions(tmp_path: Path) -> None:
                                           timeout_seconds=5))
             assert exc.value.status == 410
             w = watch.Watch()
+            seen = []
             for event in w.stream(v1.list_namespaced_config_map, NS, resource_version=str(versions[1]),
                                   timeout_seconds=5):
-                assert rv(event["object"]) == versions[2]
-                w.stop()
+                seen.append((event["type"], rv(event["object"]), event["object"].data))
+                if len(seen) == 2:
+                    w.stop()
+            # the oldest version still held is watchable, and everything after it is replayed
+            assert seen == [("MODIFIED", versions[2], {"n": "2"}), ("MODIFIED", versions[3], {"n": "3"})]
 
 
 # --- raw protocol details ----------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ import os
 import random
 import signal
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,27 +49,70 @@ def file_env(state_file: Path) -> dict[str, str]:
     )
 
 
+@dataclass
+class Kill:
+    how: str  # "random": after a random delay; "frozen": stopped once the write's temp file appeared
+    old: str
+    asked: str
+    got: str  # the colour the restarted process serves
+    answered: bool  # the switch's 200 reached the client before the kill
+    mid_write: bool  # at the kill the temp file existed and the state file was not replaced yet
+
+
+def temp_files(directory: Path) -> list[str]:
+    return [n for n in os.listdir(directory) if n.startswith(".state.json.") and n.endswith(".tmp")]
+
+
+def stopped(pid: int) -> bool:
+    """Every thread of the process is stopped (SIGSTOP has taken effect, not merely been sent)."""
+    tasks = Path(f"/proc/{pid}/task")
+    return all((t / "stat").read_text().rsplit(")", 1)[1].split()[0] in ("T", "t") for t in tasks.iterdir())
+
+
+def freeze_mid_write(directory: Path, state_file: Path, before: bytes, pid: int) -> bool:
+    """Wait for the switch's temp file, SIGSTOP the process, and say whether, frozen, it is in the middle of
+    the write: its temp file there and the state file not yet replaced."""
+    deadline = time.monotonic() + TIMEOUT
+    while not temp_files(directory):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.0002)  # between polls of a bounded wait; the write takes milliseconds (its fsyncs)
+    os.kill(pid, signal.SIGSTOP)
+    while not stopped(pid):
+        if time.monotonic() > deadline:
+            raise AssertionError("SIGSTOP did not take effect")
+        time.sleep(0.0002)
+    return bool(temp_files(directory)) and state_file.read_bytes() == before
+
+
 async def kill_chain(
     tmp_path: Path, upstreams: dict[str, Upstream], rng: random.Random, session: aiohttp.ClientSession
-) -> list[tuple[float, str, str, str, str]]:
-    """Start, switch, SIGKILL after a random delay, start again and check; repeat. Returns (delay, old, asked, got)."""
+) -> list[Kill]:
+    """Start, switch, SIGKILL, start again and check; repeat. Every other kill lands at a random moment; the
+    others freeze the process once the write's temp file exists, so that some kills land inside the write."""
     state_file = tmp_path / "state.json"
     env = file_env(state_file)
-    outcomes = []
+    kills = []
     port, admin_port = free_port(), free_port()
     proc = await ServeProcess(tmp_path, serve_args(upstreams, port, admin_port), env).start()
     try:
         await proc.wait_ready(admin_port)
-        for _ in range(KILLS):
-            before = json.loads(state_file.read_text())
+        for i in range(KILLS):
+            assert proc.proc is not None
+            raw_before = state_file.read_bytes()
+            before = json.loads(raw_before)
             old = before["active"]
             asked = Color(old).other.value
-            delay = rng.uniform(0, MAX_DELAY)
+            assert temp_files(tmp_path) == []
             switch = asyncio.create_task(
                 http(session, "POST", f"http://127.0.0.1:{admin_port}/switch", json={"to": asked, "reason": "kill"})
             )
-            await asyncio.sleep(delay)  # the random moment of the crash, not a synchronisation
-            assert proc.proc is not None
+            how = "frozen" if i % 2 else "random"
+            mid_write = False
+            if how == "frozen":
+                mid_write = await asyncio.to_thread(freeze_mid_write, tmp_path, state_file, raw_before, proc.proc.pid)
+            else:
+                await asyncio.sleep(rng.uniform(0, MAX_DELAY))  # the random moment of the crash, not a synchronisation
             proc.proc.send_signal(signal.SIGKILL)
             assert await proc.wait() == -signal.SIGKILL
             answer: Any = await asyncio.gather(switch, return_exceptions=True)
@@ -80,11 +125,13 @@ async def kill_chain(
                 assert (after["previous"], after["revision"]) == (old, before["revision"] + 1)
             else:
                 assert after == before
+            if mid_write:  # killed inside the write: the old state stands, and the temp file is left over
+                assert got == old and temp_files(tmp_path)
             # A 200 answer means the switch was durable before the kill.
             answered = not isinstance(answer[0], BaseException) and answer[0][0] == 200
             if answered:
                 assert got == asked
-            outcomes.append((delay, old, asked, got, "answered" if answered else "no answer"))
+            kills.append(Kill(how, old, asked, got, answered, mid_write))
 
             port, admin_port = free_port(), free_port()
             proc = await ServeProcess(tmp_path, serve_args(upstreams, port, admin_port), env).start()
@@ -92,24 +139,26 @@ async def kill_chain(
             status, _, body = await http(session, "GET", f"http://127.0.0.1:{admin_port}/state")
             assert status == 200 and json.loads(body)["active"] == got
             assert await served_by(session, port) == got
+            assert temp_files(tmp_path) == []  # the restart removed what the killed write left
     finally:
         await proc.kill()
-    return outcomes
+    return kills
 
 
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
 async def test_a_process_killed_during_a_switch_restarts_on_a_colour_somebody_chose(
     tmp_path: Path, upstreams: dict[str, Upstream]
 ) -> None:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as s:
-        outcomes = await kill_chain(tmp_path, upstreams, random.Random(SEED), s)
-    assert len(outcomes) == KILLS
-    switched = sum(1 for o in outcomes if o[3] == o[2])
-    unanswered_switched = sum(1 for o in outcomes if o[3] == o[2] and o[4] == "no answer")
-    leftover = [name for name in await asyncio.to_thread(os.listdir, tmp_path) if name.endswith(".tmp")]
+        kills = await kill_chain(tmp_path, upstreams, random.Random(SEED), s)
+    assert len(kills) == KILLS
+    mid_write = sum(k.mid_write for k in kills)
+    assert mid_write >= 1, kills  # at least one kill is known to have landed inside a write
+    switched = sum(k.got == k.asked for k in kills)
     print(
-        f"\n[faults] {KILLS} SIGKILLs 0-{MAX_DELAY * 1000:.0f} ms after a switch request (seed {SEED}): "
-        f"{switched} restarted on the colour asked for ({unanswered_switched} of them before the answer reached the "
-        f"client), {KILLS - switched} on the old one, 0 on any other; temp files left behind: {len(leftover)}"
+        f"\n[faults] {KILLS} SIGKILLs during a switch (seed {SEED}), {mid_write} of them inside the write: "
+        f"{switched} restarted on the colour asked for ({sum(k.got == k.asked and not k.answered for k in kills)} "
+        f"of them before the answer reached the client), {KILLS - switched} on the old one, 0 on any other"
     )
 
 

@@ -101,25 +101,25 @@ def _command(args: argparse.Namespace) -> int:
 
 
 def _start(args: argparse.Namespace) -> int:
+    settings = None
+    if args.command == "serve":  # settings first: a bad one fails before the server's modules load
+        settings = load_settings(**{k: v for k, v in vars(args).items() if k in Settings.model_fields})
+        settings.upstreams()
     # Imported here: the admin-API commands need none of the server.
     from .app import StartupError, serve
+    from .demo import run_demo
+    from .log import setup_logging
     from .stores import StoreError
 
     try:
-        if args.command == "demo":
-            from .demo import run_demo
-
+        if settings is None:
             _run(run_demo(args.listen, args.admin_listen))
-            return 0
-        from .log import setup_logging
-
-        settings = load_settings(**{k: v for k, v in vars(args).items() if k in Settings.model_fields})
-        settings.upstreams()
-        setup_logging(settings.log_level, settings.log_format)
-        _run(serve(settings))
-        return 0
-    except (StoreError, StartupError) as exc:  # a corrupt state file, a port in use
+        else:
+            setup_logging(settings.log_level, settings.log_format)
+            _run(serve(settings))
+    except (StoreError, StartupError) as exc:  # a corrupt state file, an address in use
         raise CommandFailed(str(exc), EXIT_START) from None
+    return 0
 
 
 def _admin_call(args: argparse.Namespace, settings: Settings) -> int:

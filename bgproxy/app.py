@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import resource
 import signal
 
@@ -20,7 +21,7 @@ from .health import HealthChecker
 from .log import log
 from .metrics import Metrics
 from .release.steps import StepTimer
-from .settings import Settings
+from .settings import ENV_PREFIX, Address, Settings
 from .state import StateHolder
 from .stores import open_store
 
@@ -29,6 +30,14 @@ logger = logging.getLogger("bgproxy.app")
 
 class StartupError(Exception):
     """bgproxy cannot start (an address in use, say); the message says what to fix."""
+
+
+class ListenError(StartupError):
+    """An address bgproxy cannot listen on (in use, not on this machine, not allowed); `setting` is its field."""
+
+    def __init__(self, address: Address, setting: str, reason: str) -> None:
+        super().__init__(f"cannot listen on {address} ({ENV_PREFIX}{setting.upper()}): {reason}")
+        self.address, self.setting, self.reason = address, setting, reason
 
 
 class Bgproxy:
@@ -61,7 +70,7 @@ class Bgproxy:
         try:
             await self._admin_site.start()
         except OSError as exc:
-            raise StartupError(f"cannot listen on {s.admin_listen} (BGPROXY_ADMIN_LISTEN): {exc.strerror}") from None
+            raise ListenError(s.admin_listen, "admin_listen", _reason(exc)) from None
         await self.holder.load()
         self._follow = asyncio.create_task(self._follow_store(), name="bgproxy-follow-store")
         await self.health.start()
@@ -71,7 +80,7 @@ class Bgproxy:
             await proxy.start()
         except OSError as exc:
             await proxy.close()
-            raise StartupError(f"cannot listen on {s.listen} (BGPROXY_LISTEN): {exc.strerror}") from None
+            raise ListenError(s.listen, "listen", _reason(exc)) from None
         self.proxy = proxy
         log(
             logger,
@@ -79,6 +88,7 @@ class Bgproxy:
             listen=f"{s.listen.host}:{self.port}",
             admin=f"{s.admin_listen.host}:{self.admin_port}",
             active=self.holder.current.active.value,
+            revision=self.holder.current.revision,
             store=self.store.name,
         )
 
@@ -127,7 +137,8 @@ class Bgproxy:
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
         await self.store.close()
-        log(logger, "stopped")
+        if self.proxy is not None:  # a start that failed says so in one line (the CLI's), without a log of this
+            log(logger, "stopped")
 
     async def __aenter__(self) -> Bgproxy:
         try:
@@ -167,6 +178,13 @@ async def serve(settings: Settings) -> None:
     finally:
         stopping.cancel()
         await app.stop()
+
+
+def _reason(exc: OSError) -> str:
+    """The OS's words for the error (Address already in use), whether from the socket module or uvloop."""
+    if exc.errno and exc.errno > 0:  # getaddrinfo's errors are negative: their strerror is the message
+        return os.strerror(exc.errno)
+    return exc.strerror or str(exc)
 
 
 def _raise_open_files_limit(max_connections: int) -> None:

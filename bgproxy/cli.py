@@ -1,14 +1,17 @@
 """Command line: `bgproxy serve | demo`, and the admin API's client: `status | switch COLOUR | promote [--steps ...] |
 shift WEIGHT | pause | resume | abort | rollback`.
 
-Flags mirror the settings (`--blue-url` for BGPROXY_BLUE_URL, ...) and win over the environment. Bad
-settings exit 2 before anything listens; a failed admin call exits 1 with the server's message.
+Flags mirror the settings (`--blue-url` for BGPROXY_BLUE_URL, ...) and win over the environment. Every
+failure is one line on stderr, never a traceback: exit 2 when nothing could be done (a bad setting, an address
+that cannot be listened on, a state that cannot be read, an admin API that cannot be reached), exit 1 when the
+admin API refused the call (its message is printed).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
 import sys
 import urllib.error
@@ -18,7 +21,8 @@ from typing import Any
 
 from .settings import ENV_PREFIX, Settings, SettingsError, load_settings
 
-EXIT_SETTINGS = 2
+EXIT_REFUSED = 1  # the admin API answered and refused the call
+EXIT_START = 2  # nothing was done: see the module docstring
 _SHORT = {"blue_url": ["--blue"], "green_url": ["--green"]}
 
 
@@ -95,35 +99,55 @@ def _steps(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated weights such as 10,50,100, got {text!r}") from None
 
 
+class CommandFailed(Exception):
+    """One line for stderr and the exit code; what every failure of a command becomes."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields}
     try:
-        if args.command == "demo":
-            from .demo import run_demo
-
-            _run(run_demo(args.listen, args.admin_listen))
-            return 0
-        settings = load_settings(**overrides)
-        if args.command == "serve":
-            from .app import StartupError, serve
-            from .log import setup_logging
-            from .stores import StoreError
-
-            settings.upstreams()
-            setup_logging(settings.log_level, settings.log_format)
-            try:
-                _run(serve(settings))
-            except (StoreError, StartupError) as exc:  # a corrupt state file, a port in use: one clear line
-                print(f"bgproxy: {exc}", file=sys.stderr)
-                return 1
-            return 0
+        return _command(args)
     except SettingsError as exc:
         print(f"bgproxy: {exc}", file=sys.stderr)
-        return EXIT_SETTINGS
+        return EXIT_START
+    except CommandFailed as exc:
+        print(f"bgproxy: {exc}", file=sys.stderr)
+        return exc.code
     except KeyboardInterrupt:
         return 130
-    return _admin_call(args, settings)
+
+
+def _command(args: argparse.Namespace) -> int:
+    if args.command in ("serve", "demo"):
+        return _start(args)
+    overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields}
+    return _admin_call(args, load_settings(**overrides))
+
+
+def _start(args: argparse.Namespace) -> int:
+    settings = None
+    if args.command == "serve":  # settings first: a bad one fails before the server's modules load
+        settings = load_settings(**{k: v for k, v in vars(args).items() if k in Settings.model_fields})
+        settings.upstreams()
+    # Imported here: the admin-API commands need none of the server.
+    from .app import StartupError, serve
+    from .demo import run_demo
+    from .log import setup_logging
+    from .stores import StoreError
+
+    try:
+        if settings is None:
+            _run(run_demo(args.listen, args.admin_listen))
+        else:
+            setup_logging(settings.log_level, settings.log_format)
+            _run(serve(settings))
+    except (StoreError, StartupError) as exc:  # a corrupt state file, an address in use
+        raise CommandFailed(str(exc), EXIT_START) from None
+    return 0
 
 
 def _admin_call(args: argparse.Namespace, settings: Settings) -> int:
@@ -151,17 +175,29 @@ def _admin_call(args: argparse.Namespace, settings: Settings) -> int:
     request = urllib.request.Request(base + path, data=data, headers=headers, method=method)
     try:
         with urllib.request.urlopen(request, timeout=30) as resp:
-            answer = json.load(resp)
+            raw = resp.read()
     except urllib.error.HTTPError as exc:
-        try:
-            message = json.load(exc).get("error", exc.reason)
-        except ValueError:
-            message = exc.reason
-        print(f"bgproxy: {method} {path} failed ({exc.code}): {message}", file=sys.stderr)
-        return 1
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        print(f"bgproxy: cannot reach the admin API at {base}: {reason}", file=sys.stderr)
-        return 1
+        raise CommandFailed(f"{method} {path} failed ({exc.code}): {_error_message(exc)}", EXIT_REFUSED) from None
+    except (OSError, http.client.HTTPException) as exc:  # URLError is an OSError
+        reason = getattr(exc, "reason", None) or exc
+        raise CommandFailed(f"cannot reach the admin API at {base}: {reason}", EXIT_START) from None
+    try:
+        answer = json.loads(raw)
+    except ValueError:
+        raise CommandFailed(
+            f"{base} is not bgproxy's admin API ({method} {path} answered something other than JSON); "
+            f"check {ENV_PREFIX}ADMIN_URL (--admin-url)",
+            EXIT_START,
+        ) from None
     print(json.dumps(answer, indent=2))
     return 0
+
+
+def _error_message(exc: urllib.error.HTTPError) -> str:
+    """The admin API's {"error": ...}, else the status's reason phrase."""
+    try:
+        body = json.load(exc)
+    except (ValueError, OSError):
+        return str(exc.reason)
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, str) else str(exc.reason)

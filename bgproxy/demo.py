@@ -12,7 +12,7 @@ import signal
 
 from aiohttp import WSMsgType, web
 
-from .app import Bgproxy
+from .app import Bgproxy, ListenError, StartupError
 from .log import setup_logging
 from .settings import Settings, load_settings
 
@@ -63,7 +63,16 @@ async def run_demo(listen: str | None, admin_listen: str | None) -> None:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        async with Bgproxy(settings) as app:
+        app = Bgproxy(settings)
+        try:
+            try:
+                await app.start()
+            except ListenError as exc:  # the demo takes its addresses from its flags only
+                flag = "--" + exc.setting.replace("_", "-")
+                raise StartupError(
+                    f"cannot listen on {exc.address} ({flag}): {exc.reason}; choose free ports with --listen and "
+                    "--admin-listen"
+                ) from None
             p, a = f"http://127.0.0.1:{app.port}", f"http://127.0.0.1:{app.admin_port}"
             print(
                 f"""
@@ -81,6 +90,8 @@ Ctrl-C to stop.
                 flush=True,
             )
             await stop.wait()
+        finally:
+            await app.stop()
     finally:
         for runner in runners:
             await runner.cleanup()

@@ -96,6 +96,17 @@ def _upstream(value: object) -> Upstream:
     return Upstream(url=f"{parts.scheme}://{parts.netloc}", scheme=parts.scheme, host=parts.hostname, port=port)
 
 
+def _admin_url(value: str) -> str:
+    parts = urlsplit(value.strip())
+    try:
+        parts.port  # noqa: B018 - raises on a port out of range or not a number
+    except ValueError:
+        raise ValueError(f"expected a port 1-65535 in the URL, got {value!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http:// or https:// URL such as http://127.0.0.1:9090, got {value!r}")
+    return value.strip()
+
+
 def _networks(value: str) -> tuple[IPNetwork, ...]:
     nets = []
     for part in value.split(","):
@@ -149,7 +160,7 @@ class Settings(BaseSettings):
     """Bearer token for mutating admin calls; required when the admin address is not loopback."""
     admin_token_file: Path | None = None
     """Read the token from this file (a mounted Secret) instead."""
-    admin_url: str = "http://127.0.0.1:9090"
+    admin_url: Annotated[str, AfterValidator(_admin_url)] = "http://127.0.0.1:9090"
     """Where the `status/switch/promote/rollback` commands find the admin API."""
     initial_active: Color = Color.BLUE
     """Active colour when the store holds no state yet."""

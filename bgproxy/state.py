@@ -52,7 +52,16 @@ class StateHolder:
                     stored = exc.current
             self._swap(stored, flipped=False)
             self.loaded = True
-            log(logger, "state_loaded", store=self.store.name, active=stored.active.value, revision=stored.revision)
+            # debug: the app's "listening" line says the same once the replica serves, and a start that fails
+            # after this (an address in use) then ends with one line, the error
+            log(
+                logger,
+                "state_loaded",
+                level=logging.DEBUG,
+                store=self.store.name,
+                active=stored.active.value,
+                revision=stored.revision,
+            )
             return stored
 
     async def change(self, decide: Decision) -> State:

@@ -141,10 +141,10 @@ async def test_token(
     assert TOKEN not in capsys.readouterr().err
 
 
-async def test_unreachable_admin_api(capsys: pytest.CaptureFixture[str]) -> None:
+async def test_unreachable_admin_api_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     code, out, err = await run_cli(capsys, "status", "--admin-url", url)
-    assert (code, out) == (1, "")
+    assert (code, out) == (2, "")  # nothing was done: 2, as for a bad setting (1 is the API refusing the call)
     assert f"cannot reach the admin API at {url}" in err
 
 
@@ -175,7 +175,7 @@ async def test_the_real_process(proxy: Bgproxy, tmp_path: Path) -> None:
     assert ok[0] == 0, ok
     assert (json.loads(ok[1])["active"], json.loads(ok[1])["reason"]) == ("green", "from a script")
     assert bad[:2] == (1, "") and "unknown colour 'red'" in bad[2]
-    assert unreachable[:2] == (1, "") and "cannot reach the admin API" in unreachable[2]
+    assert unreachable[:2] == (2, "") and "cannot reach the admin API" in unreachable[2]
     assert await served_by(proxy) == "green"
 
 

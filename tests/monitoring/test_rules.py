@@ -118,8 +118,8 @@ BROKEN_RULES = [
     ("BgproxyReplicasDisagree", "by (namespace, job)", "by (namespace)", "replicas on different revisions"),
     (
         "BgproxyConfigMapInvalid",
-        "increase(bgproxy_config_errors_total{source=\"configmap\"}[10m])",
-        "bgproxy_config_errors_total{source=\"configmap\"}",
+        'increase(bgproxy_config_errors_total{source="configmap"}[10m])',
+        'bgproxy_config_errors_total{source="configmap"}',
         "an invalid value in the ConfigMap",
     ),
 ]

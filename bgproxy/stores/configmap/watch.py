@@ -65,7 +65,7 @@ class ConfigMapWatch:
     ) -> None:
         self._api = api
         self._timeout = timeout  # WATCH_TIMEOUT, unless a test wants the server to end its watches sooner
-        self._gauge = metrics.watch_connected
+        self._gauge = metrics.configmap_figures()
         self._on_event = on_event
         self._thread: threading.Thread | None = None
         self._closing = threading.Event()

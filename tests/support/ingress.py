@@ -138,7 +138,7 @@ master_process on;
 worker_processes {self.workers};
 worker_shutdown_timeout 240s;
 pid {d}/nginx.pid;
-error_log {self.error_log} warn;
+error_log {self.error_log} error;  # connects refused, upstreams that closed early
 events {{ worker_connections 16384; multi_accept on; }}
 http {{
 {temps}

@@ -212,13 +212,13 @@ class HealthFlap:
 
     async def __call__(self, soak: Soak) -> Result:
         colour = soak.rng.choice(sorted(COLOURS))
-        window = Window(time.monotonic())
-        soak.flaps[colour].append(window)
-        await soak.cluster.set_health(colour, ok=False)
-        length = soak.rng.uniform(*self.seconds)
-        await asyncio.sleep(length)
-        await soak.cluster.set_health(colour, ok=True)
-        window.end = time.monotonic()
+        length = await _for_a_while(
+            soak,
+            soak.flaps[colour],
+            lambda: soak.cluster.set_health(colour, ok=False),
+            lambda: soak.cluster.set_health(colour, ok=True),
+            self.seconds,
+        )
         return "done", f"{colour} failing for {length:.1f}s"
 
 
@@ -231,14 +231,26 @@ class ApiOutage:
         self.seconds = seconds
 
     async def __call__(self, soak: Soak) -> Result:
-        window = Window(time.monotonic())
-        soak.api_outages.append(window)
-        await soak.cluster.api_down()
-        length = soak.rng.uniform(*self.seconds)
-        await asyncio.sleep(length)
-        await soak.cluster.api_up()
-        window.end = time.monotonic()
+        length = await _for_a_while(soak, soak.api_outages, soak.cluster.api_down, soak.cluster.api_up, self.seconds)
         return "done", f"down for {length:.1f}s"
+
+
+async def _for_a_while(
+    soak: Soak,
+    windows: list[Window],
+    begin: Callable[[], Awaitable[None]],
+    end: Callable[[], Awaitable[None]],
+    seconds: tuple[float, float],
+) -> float:
+    """A fault that lasts a random while, recorded as a window in which its consequences are expected."""
+    window = Window(time.monotonic())
+    windows.append(window)
+    await begin()
+    length = soak.rng.uniform(*seconds)
+    await asyncio.sleep(length)
+    await end()
+    window.end = time.monotonic()
+    return length
 
 
 class RollingRestart:

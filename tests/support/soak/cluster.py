@@ -234,6 +234,7 @@ class Cluster:
                     m.ready = await self._probe(m)
                     if m.ready and m.phase == "starting":
                         m.set_phase("serving")
+                        m.generations[-1].ready = self.rel()
                         self.event(f"replica {m.name} ready")
                     elif not m.ready and m.phase == "serving":
                         self.anomalies.append(f"replica {m.name} became not ready without SIGTERM")

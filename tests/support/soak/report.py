@@ -62,7 +62,7 @@ def render(soak: Soak, stats: Stats, *, seconds: float, seed: int, warmup: float
     for a in c.anomalies + soak.unconverged:
         lines.append(f"  ANOMALY {a}")
     lines.append(
-        f"  per replica process, after {warmup:g}s of warm-up and until SIGTERM: median of the first -> last quarter "
+        f"  per replica process, from {warmup:g}s after ready until SIGTERM: median of the first -> last quarter "
         "of the samples (least-squares slope per 10 min):"
     )
     for row in growth_table(c, warmup):

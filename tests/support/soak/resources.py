@@ -4,9 +4,9 @@ RSS, fds and threads come from /proc. asyncio tasks come from a probe thread tha
 in the replica processes only (bgproxy's code is untouched; the admin API has no such figure): every second it
 counts the live tasks in asyncio's task registry and writes the count to a file named by SOAK_PROBE_FILE.
 
-A rolling restart replaces a replica's process, so growth is computed per process (a "generation"): a least-squares
-slope over the samples after a warm-up, scaled to 10 minutes, and the plain difference between the medians of the
-first and last quarter of those samples.
+A rolling restart replaces a replica's process, so growth is computed per process (a "generation"), over its steady
+part (from a warm-up after it became ready until its SIGTERM): a least-squares slope scaled to 10 minutes, and the
+plain difference between the medians of the first and last quarter of those samples.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ class Generation:
     pid: int
     probe_file: Path
     started: float
+    ready: float | None = None  # when it first said ready
     draining: float | None = None  # when it got SIGTERM
     ended: float | None = None
     samples: list[Sample] = field(default_factory=list)
@@ -57,10 +58,11 @@ class Generation:
             self.samples.append(s)
 
     def steady(self, warmup: float) -> list[Sample]:
-        """Samples after the warm-up (connection pools fill, imports settle) and before the drain."""
-        if not self.samples:
+        """Samples from `warmup` seconds after the process became ready (connection pools fill, the first flips
+        import what they need) until its SIGTERM."""
+        if self.ready is None:
             return []
-        start = self.samples[0].t + warmup
+        start = self.ready + warmup
         end = self.draining if self.draining is not None else float("inf")
         return [s for s in self.samples if start <= s.t < end]
 

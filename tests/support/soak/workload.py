@@ -34,6 +34,7 @@ MIB = 1 << 20
 TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=5)
 STREAM_TIMEOUT = aiohttp.ClientTimeout(total=90, sock_connect=5)
 MAX_KEPT = 1000  # failures kept in full (all are counted)
+SEEN = ("X-Seen-Host", "X-Seen-Xff", "X-Seen-Xfp", "X-Seen-Xfh", "X-Seen-Request-Id")  # what the app echoes
 
 
 @dataclass
@@ -101,10 +102,10 @@ class Workload:
             self.stats.failovers += 1
         return self.cluster.name_of(addrs.split(",")[-1])
 
-    def _check_colour(self, colour: str | None, start: float, decided: float) -> None:
+    def _check_colour(self, colour: str | None, start: float, decided: float, replica: str | None) -> None:
         allowed = self.timeline.allowed(start, decided)
         if colour not in allowed:
-            raise Checked(f"wrong colour: {colour} answered, the state allowed only {sorted(allowed)}")
+            raise Checked(f"wrong colour: {colour} answered, the state allowed only {sorted(allowed)}", replica)
 
     @staticmethod
     def _who(status: int, headers: Any, body: str) -> str:
@@ -138,74 +139,46 @@ class Workload:
     async def _plain(self, session: aiohttp.ClientSession, kind: str, *, slow: bool) -> None:
         roll = self.rng.random()
         if slow and roll < 0.05:
-            ms = self.rng.randint(100, 1500)
-            await self._guard(kind, self._get, session, f"/slow?ms={ms}")
+            path = f"/slow?ms={self.rng.randint(100, 1500)}"
+            await self._guard(kind, self._exchange, session, "GET", path, None, "slow")
         elif roll < 0.15:
-            await self._guard(kind, self._own_answer, session)
+            await self._guard(kind, self._exchange, session, "GET", "/status/503", None, "own answer")
         elif roll < 0.35:
             body = f"soak post {self.rng.random()}".encode()
-            await self._guard(kind, self._hello, session, "POST", body)
+            await self._guard(kind, self._exchange, session, "POST", "/hello", body, "hello")
         else:
-            await self._guard(kind, self._hello, session, "GET", None)
+            await self._guard(kind, self._exchange, session, "GET", "/hello", None, "hello")
 
-    async def _hello(
-        self, session: aiohttp.ClientSession, method: str, body: bytes | None, *, rid: str, start: float
+    async def _exchange(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        path: str,
+        body: bytes | None,
+        what: str,
+        *,
+        rid: str,
+        start: float,
     ) -> tuple[str, str]:
-        async with session.request(method, f"{self.url}/hello", data=body, headers=self._headers(rid)) as resp:
+        """One request with a small answer: `hello` (the forwarding headers checked too), `slow`, or `own answer`
+        (the app answers 503 itself: passed on, it is nobody's failure)."""
+        async with session.request(method, f"{self.url}{path}", data=body, headers=self._headers(rid)) as resp:
             decided = time.monotonic()
             text = await resp.text()
-            replica = self._replica(resp.headers)
-            if resp.status != 200:
-                raise Checked(self._who(resp.status, resp.headers, text), replica)
-            colour = resp.headers.get("X-Bg-Color")
-            if text != f"{colour}\n" or resp.headers.get("X-App") != colour:
-                raise Checked(f"body: {text!r} with X-Bg-Color {colour}", replica)
-            seen = (
-                resp.headers.get("X-Seen-Host"),
-                resp.headers.get("X-Seen-Xff"),
-                resp.headers.get("X-Seen-Xfp"),
-                resp.headers.get("X-Seen-Xfh"),
-                resp.headers.get("X-Seen-Request-Id"),
-            )
-            want = (HOST, "127.0.0.1, 127.0.0.1", "http", HOST, rid)
-            if seen != want:
-                raise Checked(f"forwarding headers: the app saw {seen}, expected {want}", replica)
-            try:
-                self._check_colour(colour, start, decided)
-            except Checked as exc:
-                raise Checked(str(exc), replica) from None
-            return f"{method} 200", colour or ""
-
-    async def _get(self, session: aiohttp.ClientSession, path: str, *, rid: str, start: float) -> tuple[str, str]:
-        async with session.get(f"{self.url}{path}", headers=self._headers(rid)) as resp:
-            decided = time.monotonic()
-            text = await resp.text()
-            replica = self._replica(resp.headers)
-            if resp.status != 200:
-                raise Checked(self._who(resp.status, resp.headers, text), replica)
-            colour = resp.headers.get("X-Bg-Color")
-            if text != f"{colour}\n":
-                raise Checked(f"body: {text!r} with X-Bg-Color {colour}", replica)
-            try:
-                self._check_colour(colour, start, decided)
-            except Checked as exc:
-                raise Checked(str(exc), replica) from None
-            return "slow 200", colour or ""
-
-    async def _own_answer(self, session: aiohttp.ClientSession, *, rid: str, start: float) -> tuple[str, str]:
-        """The app answers 503 itself: the proxy passes it on, and it is not a failure of anyone's."""
-        async with session.get(f"{self.url}/status/503", headers=self._headers(rid)) as resp:
-            decided = time.monotonic()
-            text = await resp.text()
-            replica = self._replica(resp.headers)
-            colour = resp.headers.get("X-Bg-Color")
-            if resp.status != 503 or resp.headers.get("X-App") != colour or text != f"{colour} says no\n":
-                raise Checked(self._who(resp.status, resp.headers, text), replica)
-            try:
-                self._check_colour(colour, start, decided)
-            except Checked as exc:
-                raise Checked(str(exc), replica) from None
-            return "upstream's own 503", colour or ""
+        replica = self._replica(resp.headers)
+        colour = resp.headers.get("X-Bg-Color")
+        status, want = (503, f"{colour} says no\n") if what == "own answer" else (200, f"{colour}\n")
+        if resp.status != status:
+            raise Checked(self._who(resp.status, resp.headers, text), replica)
+        if text != want or resp.headers.get("X-App") != colour:
+            raise Checked(f"body: {text!r} from {resp.headers.get('X-App')} with X-Bg-Color {colour}", replica)
+        if what == "hello":
+            seen = tuple(resp.headers.get(h) for h in SEEN)
+            expected = (HOST, "127.0.0.1, 127.0.0.1", "http", HOST, rid)
+            if seen != expected:
+                raise Checked(f"forwarding headers: the app saw {seen}, expected {expected}", replica)
+        self._check_colour(colour, start, decided, replica)
+        return ("upstream's own 503" if what == "own answer" else f"{method} {what} 200"), colour or ""
 
     async def keepalive_client(self) -> None:
         connector = aiohttp.TCPConnector(limit=1)
@@ -254,10 +227,7 @@ class Workload:
                 f"download body: {got} of {size} bytes, {'wrong digest' if got == size else 'cut short'}", replica
             )
         self.stats.bytes_checked += got
-        try:
-            self._check_colour(colour, start, decided)
-        except Checked as exc:
-            raise Checked(str(exc), replica) from None
+        self._check_colour(colour, start, decided, replica)
         return "200 verified", colour
 
     async def upload_client(self, path: str) -> None:
@@ -289,10 +259,7 @@ class Workload:
         if text != want:
             raise Checked(f"upload body: the app answered {text.strip()!r}, expected {want.strip()!r}", replica)
         self.stats.bytes_checked += size
-        try:
-            self._check_colour(colour, start, decided)
-        except Checked as exc:
-            raise Checked(str(exc), replica) from None
+        self._check_colour(colour, start, decided, replica)
         return "200 verified", colour
 
     # --- websockets ---------------------------------------------------------------------------------------
@@ -316,7 +283,7 @@ class Workload:
         until = decided + self.rng.uniform(*lifetime)
         n = 0
         try:
-            self._check_colour(colour, start, decided)
+            self._check_colour(colour, start, decided, replica)
             while not self.stopping and time.monotonic() < until:
                 n += 1
                 await ws.send_str(f"{rid}-{n}")

@@ -121,7 +121,8 @@ def bgproxy_importable() -> str | None:
     return "importing bgproxy fails: " + (done.stderr.strip().splitlines() or ["?"])[-1]
 
 
-def _bgproxy(h: Harness, origin: Origin, tools: dict[str, str]) -> Running:
+def start_bgproxy(h: Harness, origin: Origin, *, env: dict[str, str] | None = None) -> Running:
+    """`python -m bgproxy serve` on the SUT core, memory store, warning logs; `env` adds BGPROXY_* settings."""
     reason = bgproxy_importable()
     if reason:
         raise BenchError(reason)
@@ -145,10 +146,15 @@ def _bgproxy(h: Harness, origin: Origin, tools: dict[str, str]) -> Running:
         "warning",
     ]
     # no drain on SIGTERM: the benchmark stops it when nothing is in flight
-    proc = h.spawn("bgproxy", argv, cpu=h.sut_cpu, env={"BGPROXY_DRAIN_GRACE": "0", "BGPROXY_DRAIN_TIMEOUT": "2"})
+    settings = {"BGPROXY_DRAIN_GRACE": "0", "BGPROXY_DRAIN_TIMEOUT": "2", **(env or {})}
+    proc = h.spawn("bgproxy", argv, cpu=h.sut_cpu, env=settings)
     wait_tcp(port, START_TIMEOUT, proc)
     wait_http(f"http://127.0.0.1:{admin}/readyz", START_TIMEOUT, proc)
     return Running("bgproxy", f"http://127.0.0.1:{port}", proc, admin_url=f"http://127.0.0.1:{admin}")
+
+
+def _bgproxy(h: Harness, origin: Origin, tools: dict[str, str]) -> Running:
+    return start_bgproxy(h, origin)
 
 
 def _direct(h: Harness, origin: Origin, tools: dict[str, str]) -> Running:

@@ -15,6 +15,7 @@ import os
 import resource
 import statistics
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 import uvloop
@@ -39,6 +40,7 @@ class Latency:
     p90_ms: float
     p99_ms: float
     max_ms: float
+    foreign_pct: float = 0.0  # CPU other people's processes used meanwhile (100 = one core): noise
 
 
 @dataclass
@@ -56,6 +58,8 @@ class ConnectionsResult:
     fds_after: int
     still_alive: int  # idle connections that answered a second request at the end
     checked_alive: int
+    quiet_cpu_before_pct: float  # bgproxy's CPU with no traffic at all (its timers), before...
+    quiet_cpu_idle_pct: float  # ...and while it holds the idle connections
     latencies: list[Latency] = field(default_factory=list)
 
 
@@ -108,6 +112,22 @@ def _latency(label: str, times: list[float], errors: int) -> Latency:
     ms = sorted(t * 1000 for t in times) or [0.0]
     q = statistics.quantiles(ms, n=100, method="inclusive") if len(ms) > 1 else ms * 99
     return Latency(label, len(times), errors, round(q[49], 3), round(q[89], 3), round(q[98], 3), round(ms[-1], 3))
+
+
+async def _noted(bg: Running, stream: Awaitable[Latency]) -> Latency:
+    """A latency stream, with the CPU that processes this benchmark did not start used meanwhile."""
+    before, t0 = procstat.foreign_ticks(), time.perf_counter()
+    lat = await stream
+    used = procstat.cpu_seconds_between(before, procstat.foreign_ticks())
+    lat.foreign_pct = round(100 * used / (time.perf_counter() - t0), 1)
+    return lat
+
+
+async def _quiet_cpu(bg: Running, seconds: float = 5.0) -> float:
+    """bgproxy's CPU (% of a core) over `seconds` without a single request: what its timers cost."""
+    before = procstat.cpu_ticks(bg.pids())
+    await asyncio.sleep(seconds)
+    return round(100 * procstat.cpu_seconds_between(before, procstat.cpu_ticks(bg.pids())) / seconds, 2)
 
 
 async def _fresh_stream(port: int, n: int, label: str) -> Latency:
@@ -189,9 +209,10 @@ async def measure(bg: Running, *, idle: int, probes: int, batch: int) -> Connect
     await _fresh_stream(port, max(100, probes // 10), "warm-up")  # pools, imports, allocator
     await _settle(bg)
     rss_before, fds_before = _rss_mib(bg), _fds(bg)
+    quiet_before = await _quiet_cpu(bg)
     lat = [
-        await _fresh_stream(port, probes, "fresh connections, before"),
-        await _kept_stream(port, probes, "kept connection, before"),
+        await _noted(bg, _fresh_stream(port, probes, "fresh connections, before")),
+        await _noted(bg, _kept_stream(port, probes, "kept connection, before")),
     ]
 
     t0 = time.perf_counter()
@@ -199,9 +220,10 @@ async def measure(bg: Running, *, idle: int, probes: int, batch: int) -> Connect
     open_s = time.perf_counter() - t0
     await _settle(bg, 2.0)
     rss_idle, fds_idle = _rss_mib(bg), _fds(bg)
+    quiet_idle = await _quiet_cpu(bg)
     lat += [
-        await _fresh_stream(port, probes, f"fresh connections, {len(conns)} idle held"),
-        await _kept_stream(port, probes, f"kept connection, {len(conns)} idle held"),
+        await _noted(bg, _fresh_stream(port, probes, f"fresh connections, {len(conns)} idle held")),
+        await _noted(bg, _kept_stream(port, probes, f"kept connection, {len(conns)} idle held")),
     ]
 
     sample = conns[:: max(1, len(conns) // 200)]
@@ -216,8 +238,8 @@ async def measure(bg: Running, *, idle: int, probes: int, batch: int) -> Connect
     await _settle(bg, 2.0)
     rss_after, fds_after = _rss_mib(bg), _fds(bg)
     lat += [
-        await _fresh_stream(port, probes, "fresh connections, after closing them"),
-        await _kept_stream(port, probes, "kept connection, after closing them"),
+        await _noted(bg, _fresh_stream(port, probes, "fresh connections, after closing them")),
+        await _noted(bg, _kept_stream(port, probes, "kept connection, after closing them")),
     ]
     per_conn = (rss_idle - rss_before) * 1024 / len(conns) if conns else 0.0
     return ConnectionsResult(
@@ -234,6 +256,8 @@ async def measure(bg: Running, *, idle: int, probes: int, batch: int) -> Connect
         fds_after=fds_after,
         still_alive=alive,
         checked_alive=len(sample),
+        quiet_cpu_before_pct=quiet_before,
+        quiet_cpu_idle_pct=quiet_idle,
         latencies=lat,
     )
 
@@ -260,13 +284,15 @@ def render(r: ConnectionsResult) -> str:
         f"**{r.rss_per_connection_kib} KiB per idle connection**; {r.rss_after_mib} MiB after closing them",
         f"- open files {r.fds_before} before, {r.fds_idle} with them, {r.fds_after} after",
         f"- {r.still_alive} of {r.checked_alive} idle connections sampled answered a second request at the end",
+        f"- bgproxy's CPU without any traffic: {r.quiet_cpu_before_pct}% of a core before, "
+        f"{r.quiet_cpu_idle_pct}% while it holds them",
         "",
-        "| requests | n | errors | p50 ms | p90 ms | p99 ms | max ms |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| requests, one after the other | n | errors | p50 ms | p90 ms | p99 ms | max ms | other processes' CPU |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for lat in r.latencies:
         lines.append(
             f"| {lat.label} | {lat.requests} | {lat.errors} | {lat.p50_ms} | {lat.p90_ms} | {lat.p99_ms} "
-            f"| {lat.max_ms} |"
+            f"| {lat.max_ms} | {lat.foreign_pct}% |"
         )
     return "\n".join(lines) + "\n"

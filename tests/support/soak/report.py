@@ -47,6 +47,9 @@ def render(soak: Soak, stats: Stats, *, seconds: float, seed: int, warmup: float
     )
     by_action: Counter[str] = Counter(f"{e.action}: {e.result}" for e in soak.events)
     lines.append(f"  chaos: {', '.join(f'{k} {n}' for k, n in sorted(by_action.items()))}")
+    why: Counter[str] = Counter(_refusal(e.detail) for e in soak.events if e.result in ("refused", "skipped"))
+    if why:
+        lines.append(f"  refused as expected: {', '.join(f'{k} {n}' for k, n in why.most_common())}")
     lines.append(f"  state changes: {soak.timeline.changes()}, final state {_state(final)}")
     seen = c.ingress.access({f.request_id for f in stats.failures[:20]})
     for f in stats.failures[:20]:
@@ -56,9 +59,8 @@ def render(soak: Soak, stats: Stats, *, seconds: float, seed: int, warmup: float
             f"    nginx: {entry if entry is not None else 'no access log line (never reached it, or no answer)'}"
         )
     for e in soak.events:
-        if e.result in ("failed", "refused", "skipped"):
-            tag = "CHAOS FAILED" if e.result == "failed" else e.result
-            lines.append(f"  {tag} {e.action} at {e.start:.1f}s: {e.detail}")
+        if e.result == "failed":
+            lines.append(f"  CHAOS FAILED {e.action} at {e.start:.1f}s: {e.detail}")
     for a in c.anomalies + soak.unconverged:
         lines.append(f"  ANOMALY {a}")
     lines.append(
@@ -71,6 +73,20 @@ def render(soak: Soak, stats: Stats, *, seconds: float, seed: int, warmup: float
             f"fds {_fmt(row['fds'], '')}, threads {_fmt(row['threads'], '')}, tasks {_fmt(row['tasks'], '')}"
         )
     return "\n".join(lines)
+
+
+def _refusal(detail: str) -> str:
+    """The kind of an expected refusal, for counting (the details are in the JSON report)."""
+    for marker, kind in (
+        ("whose health is failing", "409 for a colour failing its health checks"),
+        ("nothing to roll back", "409 with nothing to roll back to"),
+        ("503 while the API server is down", "admin 503 while the API server was down"),
+        ("the API server is down", "kubectl while the API server was down"),
+        ("shutting down", "a replica shutting down"),
+    ):
+        if marker in detail:
+            return kind
+    return detail[:80]
 
 
 def _state(state: dict[str, Any] | None) -> str:

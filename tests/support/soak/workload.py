@@ -67,7 +67,12 @@ class Stats:
 
 
 class Checked(Exception):
-    """An answer that arrived but is wrong: the message says how."""
+    """An answer that arrived but is wrong: the message says how (its class is what precedes the first colon),
+    `replica` which replica answered, when known."""
+
+    def __init__(self, message: str, replica: str | None = None) -> None:
+        super().__init__(message)
+        self.message, self.replica = message, replica
 
 
 class Workload:
@@ -129,8 +134,7 @@ class Workload:
             cls, colour = await run(*args, rid=rid, start=start)
             self._record_ok(kind, cls, colour)
         except Checked as exc:
-            replica = exc.args[1] if len(exc.args) > 1 else None
-            self._fail(kind, str(exc.args[0]).split(":")[0], start, rid, replica, str(exc.args[0]))
+            self._fail(kind, exc.message.split(":")[0], start, rid, exc.replica, exc.message)
         except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
             self._fail(kind, f"client {type(exc).__name__}", start, rid, None, f"{type(exc).__name__}: {exc}")
 
@@ -300,7 +304,7 @@ class Workload:
             await ws.close()
             return "closed by the client after its lifetime", colour or ""
         except Checked as exc:
-            raise Checked(str(exc), replica) from None
+            raise Checked(exc.message, exc.replica or replica) from None
         finally:
             if not ws.closed:
                 await ws.close()

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from tests.support import ingress
+from tests.support.configmap import CM
 from tests.support.soak import report
 from tests.support.soak.chaos import Soak, lanes
 from tests.support.soak.cluster import Cluster
@@ -108,7 +109,7 @@ async def test_soak_behind_an_ingress_fails_no_request_serves_the_right_colour_a
     assert cluster.anomalies == [] and soak.unconverged == [], text
     # Converged: both replicas hold the very state the ConfigMap holds.
     assert final is not None, text
-    stored = json.loads((cluster.api.get_configmap("bgproxy-state") or {})["data"]["state"])
+    stored = json.loads((cluster.api.get_configmap(CM) or {})["data"]["state"])
     for name, state in states.items():
         assert state is not None, name
         assert (state["revision"], state["active"]) == (stored["revision"], stored["active"]), (name, state, stored)

@@ -7,8 +7,11 @@ API server is down), or `failed` (what bgproxy should not have answered: it fail
 
 An action that changes the state goes through `Soak.state_change`: the timeline allows both colours from the
 moment it is asked for until every replica holds the same state again, and those changes never overlap. That is
-all a new kind of change needs (a shift or a stepped promotion: a new Action whose attempt calls the admin API;
-`timeline.serving_colours` already reads the weight), one more entry in the flips lane.
+all a new kind of change needs, one more entry in the flips lane: a shift is an Action whose attempt calls
+`/shift` (`timeline.serving_colours` already reads the weight); a stepped promotion one whose attempt starts it and
+waits until it has completed or was aborted, so that the window covers every step. The state must change only
+through the driver: features that change it on their own clock (automatic rollback, auto-promotion) stay off in
+the soak's settings, or get an action of their own.
 """
 
 from __future__ import annotations

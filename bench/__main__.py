@@ -175,7 +175,7 @@ def run_connections(a: argparse.Namespace) -> int:
         with Harness(workdir, sut_cpu, load_cpu) as h:
             meta = _meta(a, h, tools)
             org = origin.start_origin(h, tools["nginx"], 1 << 20)
-            result = connections.run(h, org, idle=a.idle, probes=a.probes, batch=500)
+            result = connections.run(h, org, idle=a.idle, probes=a.probes, batch=500, quiet=1.0 if a.quick else 5.0)
     finally:
         if a.keep_workdir:
             print(f"bench: configs and logs kept in {workdir}", file=sys.stderr)

@@ -123,7 +123,7 @@ async def _noted(bg: Running, stream: Awaitable[Latency]) -> Latency:
     return lat
 
 
-async def _quiet_cpu(bg: Running, seconds: float = 5.0) -> float:
+async def _quiet_cpu(bg: Running, seconds: float) -> float:
     """bgproxy's CPU (% of a core) over `seconds` without a single request: what its timers cost."""
     before = procstat.cpu_ticks(bg.pids())
     await asyncio.sleep(seconds)
@@ -204,12 +204,12 @@ async def _settle(bg: Running, seconds: float = 1.0) -> None:
     bg.check_alive()
 
 
-async def measure(bg: Running, *, idle: int, probes: int, batch: int) -> ConnectionsResult:
+async def measure(bg: Running, *, idle: int, probes: int, batch: int, quiet: float) -> ConnectionsResult:
     port = int(bg.url.rsplit(":", 1)[1])
     await _fresh_stream(port, max(100, probes // 10), "warm-up")  # pools, imports, allocator
     await _settle(bg)
     rss_before, fds_before = _rss_mib(bg), _fds(bg)
-    quiet_before = await _quiet_cpu(bg)
+    quiet_before = await _quiet_cpu(bg, quiet)
     lat = [
         await _noted(bg, _fresh_stream(port, probes, "fresh connections, before")),
         await _noted(bg, _kept_stream(port, probes, "kept connection, before")),
@@ -220,7 +220,7 @@ async def measure(bg: Running, *, idle: int, probes: int, batch: int) -> Connect
     open_s = time.perf_counter() - t0
     await _settle(bg, 2.0)
     rss_idle, fds_idle = _rss_mib(bg), _fds(bg)
-    quiet_idle = await _quiet_cpu(bg)
+    quiet_idle = await _quiet_cpu(bg, quiet)
     lat += [
         await _noted(bg, _fresh_stream(port, probes, f"fresh connections, {len(conns)} idle held")),
         await _noted(bg, _kept_stream(port, probes, f"kept connection, {len(conns)} idle held")),
@@ -262,14 +262,14 @@ async def measure(bg: Running, *, idle: int, probes: int, batch: int) -> Connect
     )
 
 
-def run(h: Harness, origin: Origin, *, idle: int, probes: int, batch: int) -> ConnectionsResult:
+def run(h: Harness, origin: Origin, *, idle: int, probes: int, batch: int, quiet: float) -> ConnectionsResult:
     raise_open_files(idle + 1024)
     # Room for the idle ones and the probes: MAX_CONNECTIONS is exactly 10,000 by default, and the 10,001st
     # connection would be refused with a 503.
     env = {"BGPROXY_MAX_CONNECTIONS": str(idle + 256), "BGPROXY_IDLE_TIMEOUT": str(HOLD)}
     bg = start_bgproxy(h, origin, env=env)
     try:
-        return uvloop.run(measure(bg, idle=idle, probes=probes, batch=batch))
+        return uvloop.run(measure(bg, idle=idle, probes=probes, batch=batch, quiet=quiet))
     finally:
         h.stop(bg.proc)
 

@@ -27,7 +27,7 @@ import pytest
 from bgproxy.stores.configmap import BACKOFF_CAP
 from tests.support.configmap import CM, WAIT, stored, until
 from tests.support.kubeapi import KubeAPIServer, kubectl_runner
-from tests.support.replicas import Replica, replica_env
+from tests.support.replicas import START, Replica, replica_env
 from tests.support.servers import Upstream
 
 pytestmark = pytest.mark.slow
@@ -334,7 +334,10 @@ async def test_replica_started_while_the_api_server_is_down_waits_for_it(
     c, d = start_replica("c"), start_replica("d")
     await asyncio.gather(c.start(), d.start())
     for r in (c, d):
-        await until(lambda r=r: answers_not_ready(http, r), f"replica {r.name}'s admin port answers: not ready")
+        # A process start, bounded as one (imports take seconds on a loaded machine), not as a flip.
+        await until(
+            lambda r=r: answers_not_ready(http, r), f"replica {r.name}'s admin port answers: not ready", within=START
+        )
     not_ready_until = time.monotonic() + 0.5
     while time.monotonic() < not_ready_until:
         assert await c.readyz(http) == 503

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from . import deps, flip, instructions, origin, procstat, report, stream, systems, throughput
+from . import connections, deps, flip, instructions, origin, procstat, report, stream, systems, throughput
 from .harness import REPO_ROOT, BenchError, Harness
 from .status import Status, Statuses
 from .wrk import write_scripts
@@ -35,9 +35,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Benchmark bgproxy against nginx, HAProxy and a plain aiohttp proxy (loopback only).",
         epilog="Examples: python -m bench --quick --require bgproxy (CI smoke);  python -m bench (full run, "
         "~15 min);  python -m bench stream --only nginx,bgproxy;  python -m bench flip;  "
-        "python -m bench instructions (callgrind's instructions per request of bgproxy, deterministic)",
+        "python -m bench instructions (callgrind's instructions per request of bgproxy, deterministic);  "
+        "python -m bench connections (10,000 idle keep-alive connections, ~1 min)",
     )
-    p.add_argument("mode", nargs="?", default="all", choices=("all", "throughput", "stream", "flip", "instructions"))
+    p.add_argument(
+        "mode",
+        nargs="?",
+        default="all",
+        choices=("all", "throughput", "stream", "flip", "instructions", "connections"),
+    )
     p.add_argument("--quick", action="store_true", help="seconds-long smoke: 1 rep of 1 s, 64 MiB streams")
     p.add_argument("--reps", type=int, help="interleaved repetitions (default 5; quick 1)")
     p.add_argument("--duration", type=int, help="seconds per wrk run (default 10; quick 1)")
@@ -55,6 +61,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--stream-reps", type=int, default=1)
     p.add_argument("--stream-timeout", type=float, default=300.0, help="seconds per transfer")
     p.add_argument("--flip-interval", type=float, default=0.1, help="seconds between flips (default 0.1)")
+    p.add_argument("--idle", type=int, help="connections: idle keep-alive connections to hold (default 10000)")
+    p.add_argument("--probes", type=int, help="connections: requests per latency stream (default 2000)")
     p.add_argument("--sut-cpu", type=int, default=1, help="core for the system under test")
     p.add_argument("--load-cpu", type=int, default=0, help="core for wrk, curl and the origin")
     p.add_argument(
@@ -77,6 +85,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.duration = a.duration or (1 if quick else 10)
     a.warmup = a.warmup if a.warmup is not None else (0 if quick else 2)
     a.stream_mib = a.stream_mib or (64 if quick else 1024)
+    a.idle = a.idle or (500 if quick else 10000)
+    a.probes = a.probes or (200 if quick else 2000)
     a.selected = _names(a.only, p) if a.only else list(systems.ORDER)
     a.required = _names(a.require, p) if a.require else []
     if not set(a.required) <= set(a.selected):
@@ -182,9 +192,39 @@ def count_instructions(a: argparse.Namespace) -> int:
     return 0
 
 
+def run_connections(a: argparse.Namespace) -> int:
+    """The connection-scale run: bgproxy only, against the nginx origin (bench/connections.py)."""
+    tools = deps.ensure_binaries({"nginx", "taskset"})
+    sut_cpu, load_cpu = _cpus(a)
+    if load_cpu is not None:
+        os.sched_setaffinity(0, {load_cpu})
+    workdir = Path(tempfile.mkdtemp(prefix="bgproxy-bench-"))
+    try:
+        with Harness(workdir, sut_cpu, load_cpu) as h:
+            meta = _meta(a, h, tools)
+            org = origin.start_origin(h, tools["nginx"], 1 << 20)
+            result = connections.run(h, org, idle=a.idle, probes=a.probes, batch=500, quiet=1.0 if a.quick else 5.0)
+    finally:
+        if a.keep_workdir:
+            print(f"bench: configs and logs kept in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    markdown = f"# bench connections, {meta['when']}\n\n" + connections.render(result)
+    md, js = report.write(a.out, "results-connections", markdown, {"meta": meta, "connections": result})
+    print("\n" + markdown)
+    print(f"bench: wrote {md} and {js}", file=sys.stderr)
+    failed = result.opened < result.idle or result.still_alive < result.checked_alive
+    failed = failed or any(lat.errors for lat in result.latencies)
+    if failed:
+        print("bench: FAILED: an idle connection or a request failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def run(a: argparse.Namespace) -> int:
     if a.mode == "instructions":
         return count_instructions(a)
+    if a.mode == "connections":
+        return run_connections(a)
     wanted_tools = {"nginx", "taskset"}
     if a.mode in ("all", "throughput", "flip"):
         wanted_tools.add("wrk")

@@ -156,13 +156,15 @@ def bgproxy_command(
     return argv, {"BGPROXY_DRAIN_GRACE": "0", "BGPROXY_DRAIN_TIMEOUT": "2"}
 
 
-def start_bgproxy(h: Harness, origin: Origin, variant: str = "bench") -> Running:
+def start_bgproxy(h: Harness, origin: Origin, variant: str = "bench", *, env: dict[str, str] | None = None) -> Running:
+    """`python -m bgproxy serve` on the SUT core as `variant` says; `env` adds BGPROXY_* settings."""
     reason = bgproxy_importable()
     if reason:
         raise BenchError(reason)
     port, admin = free_ports(2)
-    argv, env = bgproxy_command(origin, port, admin, variant=variant, workdir=h.workdir)
-    proc = h.spawn("bgproxy" if variant == "bench" else f"bgproxy-{variant}", argv, cpu=h.sut_cpu, env=env)
+    argv, settings = bgproxy_command(origin, port, admin, variant=variant, workdir=h.workdir)
+    settings.update(env or {})
+    proc = h.spawn("bgproxy" if variant == "bench" else f"bgproxy-{variant}", argv, cpu=h.sut_cpu, env=settings)
     wait_tcp(port, START_TIMEOUT, proc)
     wait_http(f"http://127.0.0.1:{admin}/readyz", START_TIMEOUT, proc)
     return Running("bgproxy", f"http://127.0.0.1:{port}", proc, admin_url=f"http://127.0.0.1:{admin}", variant=variant)

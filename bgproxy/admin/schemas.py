@@ -154,6 +154,16 @@ class RolloutView(ResponseBody):
     paused: bool
 
 
+class HoldView(ResponseBody):
+    """What the store still asks for, refused by an automatic rollback, and why; traffic does not follow it."""
+
+    active: Color = Field(description="the active colour the store asks for")
+    weight: Weight
+    release: str | None = Field(description="the release the store asks for (the one refused)")
+    reason: str = Field(description="why it was refused: the figure, the threshold, the window")
+    since: float = Field(description="seconds since the epoch")
+
+
 class StateView(ResponseBody):
     """The routing state, the store it lives in and each colour's upstream."""
 
@@ -169,6 +179,13 @@ class StateView(ResponseBody):
     forced: bool = Field(description="the last change overrode a failing health check")
     weight: Weight
     rollout: RolloutView | None = Field(description="the stepped promotion in progress, else null")
+    release: str | None = Field(description="the label of what is deployed on the standby colour (v43, an image tag)")
+    release_pending: bool = Field(description="that release waits for a promotion (auto-promotion may do it)")
+    promoted_at: float | None = Field(
+        description="when the active colour was promoted (its automatic-rollback watch runs from then); null after "
+        "a rollback"
+    )
+    hold: HoldView | None = Field(description="set while an automatic rollback keeps traffic off what the store asks")
     store: StoreView
     backends: dict[Color, BackendView]
 

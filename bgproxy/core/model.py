@@ -12,11 +12,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeGuard
 
-Source = Literal["initial", "admin", "file", "configmap", "restore", "rollout"]
+Source = Literal["initial", "admin", "file", "configmap", "restore", "rollout", "analysis", "auto"]
 MAX_REASON = 1024  # characters of a change's reason, wherever it comes from (admin API, ConfigMap)
 MAX_WEIGHT = 100  # the weight is a percent of ordinary traffic
 MAX_STEPS = 20  # steps of one stepped promotion
 MIN_INTERVAL, MAX_INTERVAL = 1.0, 86400.0  # seconds each step holds: at least a second, at most a day
+MAX_RELEASE = 253  # characters of a release label (an image tag is at most 128; a digest reference fits too)
 
 
 class Color(enum.StrEnum):
@@ -110,11 +111,53 @@ class Rollout:
 
 
 @dataclass(frozen=True, slots=True)
+class Hold:
+    """What the store still asks for and why traffic does not follow it: an automatic rollback refused it.
+
+    Kept until what is asked changes (a new release, an edit of active or weight) or a person flips: a re-sync of
+    the unchanged Git state must not bring the refused version back.
+    """
+
+    active: Color
+    weight: int
+    release: str | None
+    reason: str
+    since: float
+
+    def asks(self, active: Color, weight: int, release: str | None) -> bool:
+        """Whether the store asks for exactly what was refused (so traffic stays held)."""
+        return (active, weight, release) == (self.active, self.weight, self.release)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "active": self.active.value,
+            "weight": self.weight,
+            "release": self.release,
+            "reason": self.reason,
+            "since": self.since,
+        }
+
+    @classmethod
+    def from_dict(cls, data: object) -> Hold:
+        if not isinstance(data, dict):
+            raise ValueError(f"'hold' must be an object or null, got {type(data).__name__}")
+        active = _color_field(data.get("active"), "hold.active")
+        weight = check_weight(data.get("weight", 0))
+        release = check_release(data.get("release"))
+        reason, since = data.get("reason", ""), data.get("since", 0.0)
+        if not isinstance(reason, str) or not _is_number(since):
+            raise ValueError("'hold.reason' must be a string and 'hold.since' a number")
+        return cls(active, weight, release, reason, float(since))
+
+
+@dataclass(frozen=True, slots=True)
 class State:
     """The whole routing state; replaced as one object on every change, never mutated.
 
     `weight` is the standby colour's share of ordinary traffic (percent); `rollout` the stepped promotion that
-    drives it, if any.
+    drives it, if any. `release` labels what is deployed on the standby colour (`release_pending` while it waits
+    for a promotion, which auto-promotion may do); `promoted_at` starts the watch of a freshly promoted colour;
+    `hold` is set while an automatic rollback keeps traffic off what the store asks for.
     """
 
     active: Color
@@ -126,6 +169,10 @@ class State:
     forced: bool = False
     weight: int = 0
     rollout: Rollout | None = None
+    release: str | None = None
+    release_pending: bool = False
+    promoted_at: float | None = None
+    hold: Hold | None = None
 
     @property
     def standby(self) -> Color:
@@ -148,6 +195,10 @@ class State:
             "forced": self.forced,
             "weight": self.weight,
             "rollout": self.rollout.to_dict() if self.rollout is not None else None,
+            "release": self.release,
+            "release_pending": self.release_pending,
+            "promoted_at": self.promoted_at,
+            "hold": self.hold.to_dict() if self.hold is not None else None,
         }
 
     @classmethod
@@ -174,15 +225,55 @@ class State:
             weight = check_weight(data.get("weight", 0))
             raw_rollout = data.get("rollout")
             rollout = None if raw_rollout is None else Rollout.from_dict(raw_rollout)
+            release = check_release(data.get("release"))
+            pending = data.get("release_pending", False)
+            if not isinstance(pending, bool):
+                raise ValueError(f"'release_pending' must be true or false, got {pending!r}")
+            promoted_at = data.get("promoted_at")
+            if promoted_at is not None and not _is_number(promoted_at):
+                raise ValueError(f"'promoted_at' must be a number or null, got {promoted_at!r}")
+            raw_hold = data.get("hold")
+            hold = None if raw_hold is None else Hold.from_dict(raw_hold)
         except KeyError as exc:
             raise ValueError(f"missing key {exc.args[0]!r}") from None
-        return cls(active, previous, revision, float(updated_at), source, reason, forced, weight, rollout)
+        return cls(
+            active,
+            previous,
+            revision,
+            float(updated_at),
+            source,
+            reason,
+            forced,
+            weight,
+            rollout,
+            release,
+            pending,
+            None if promoted_at is None else float(promoted_at),
+            hold,
+        )
 
 
 def check_weight(value: object) -> int:
     """A weight from user or stored input: an integer 0-100."""
     if not _is_int(value) or not 0 <= value <= MAX_WEIGHT:
         raise InvalidPlan(f"'weight' must be an integer from 0 to {MAX_WEIGHT}, got {reprlib.repr(value)}")
+    return value
+
+
+def check_release(value: object) -> str | None:
+    """A release label (an image tag, a version): printable, no spaces, at most MAX_RELEASE characters; None: none."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= MAX_RELEASE
+        or not value.isprintable()
+        or any(c.isspace() for c in value)
+    ):
+        raise InvalidPlan(
+            f"'release' must be a label such as v43 or an image tag (1-{MAX_RELEASE} printable characters, no "
+            f"spaces), got {reprlib.repr(value)}"
+        )
     return value
 
 

@@ -162,4 +162,8 @@ def test_data_holds_exactly_the_keys_bgproxy_writes() -> None:
         "forced": False,
         "weight": 0,
         "rollout": None,
+        "release": None,
+        "release_pending": False,
+        "promoted_at": None,
+        "hold": None,
     }

@@ -16,216 +16,26 @@ import json
 import os
 import signal
 import statistics
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 import aiohttp
 import pytest
 
 from bgproxy.stores.configmap.client import BACKOFF_CAP
-from tests.support.configmap import CM, NS, WAIT, parse_metric, stored, until
-from tests.support.kubeapi import KubeAPIServer, kubectl_runner
-from tests.support.servers import Upstream, free_port
+from tests.support.configmap import CM, WAIT, stored, until
+from tests.support.kubeapi import KubeAPIServer
+from tests.support.replicas import (
+    Kubectl,
+    Replica,
+    all_serve,
+    both_watching,
+    first_serving,
+    measured,
+    patch_active,
+)
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parents[2]
-START = 20.0  # seconds a replica may take to become ready (imports included)
-MERGE = "merge"
-
-Kubectl = Callable[..., Awaitable[subprocess.CompletedProcess[str]]]
-
-
-class Replica:
-    """One `python -m bgproxy serve` process; stderr (JSON logs) goes to a file, never a pipe that could fill."""
-
-    def __init__(self, name: str, tmp_path: Path, env: dict[str, str]) -> None:
-        self.name = name
-        self.port, self.admin_port = free_port(), free_port()
-        self.env = {
-            **env,
-            "BGPROXY_LISTEN": f"127.0.0.1:{self.port}",
-            "BGPROXY_ADMIN_LISTEN": f"127.0.0.1:{self.admin_port}",
-        }
-        self.log_path = tmp_path / f"replica-{name}.log"
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> Replica:
-        with self.log_path.open("wb") as log:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bgproxy", "serve", env=self.env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=log,
-            )  # fmt: skip
-        return self
-
-    @property
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def events(self) -> list[str]:
-        out = []
-        for line in self.logs.splitlines():
-            try:
-                out.append(json.loads(line)["event"])
-            except (ValueError, KeyError):
-                continue
-        return out
-
-    async def readyz(self, http: aiohttp.ClientSession) -> int | None:
-        """The /readyz status, or None while the admin port does not answer."""
-        assert self.proc is not None
-        if self.proc.returncode is not None:
-            pytest.fail(f"replica {self.name} exited with {self.proc.returncode}:\n{self.logs}")
-        try:
-            async with http.get(f"http://127.0.0.1:{self.admin_port}/readyz") as resp:
-                return resp.status
-        except aiohttp.ClientConnectionError:
-            return None
-
-    async def ready(self, http: aiohttp.ClientSession, within: float = START) -> float:
-        async def check() -> bool:
-            return await self.readyz(http) == 200
-
-        return await until(check, f"replica {self.name} ready", within)
-
-    async def colour(self, http: aiohttp.ClientSession) -> str:
-        async with http.get(f"http://127.0.0.1:{self.port}/") as resp:
-            assert resp.status == 200, await resp.text()
-            return resp.headers["X-Bg-Color"]
-
-    async def serves(self, http: aiohttp.ClientSession, want: str) -> bool:
-        return await self.colour(http) == want
-
-    async def admin(self, http: aiohttp.ClientSession, method: str, path: str, **body: Any) -> tuple[int, Any]:
-        async with http.request(method, f"http://127.0.0.1:{self.admin_port}{path}", json=body or None) as resp:
-            return resp.status, await resp.json()
-
-    async def state(self, http: aiohttp.ClientSession) -> dict[str, Any]:
-        status, body = await self.admin(http, "GET", "/state")
-        assert status == 200
-        return {k: v for k, v in body.items() if k not in ("standby", "store", "backends")} | {"store": body["store"]}
-
-    async def metric(self, http: aiohttp.ClientSession, name: str, **labels: str) -> float:
-        async with http.get(f"http://127.0.0.1:{self.admin_port}/metrics") as resp:
-            return parse_metric(await resp.text(), name, **labels)
-
-    async def stop(self) -> None:
-        if self.proc is None or self.proc.returncode is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(self.proc.wait(), WAIT)
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
-            pytest.fail(f"replica {self.name} ignored SIGTERM:\n{self.logs}")
-
-
-@pytest.fixture
-def api() -> Iterator[KubeAPIServer]:
-    with KubeAPIServer(bookmark_interval=0.5) as server:
-        yield server
-
-
-@pytest.fixture
-def kubeconfig(api: KubeAPIServer, tmp_path: Path) -> Path:
-    return api.write_kubeconfig(tmp_path / "kubeconfig")
-
-
-@pytest.fixture
-def kubectl(kubeconfig: Path, tmp_path: Path) -> Kubectl:
-    run = kubectl_runner(kubeconfig, tmp_path, timeout=WAIT)
-    if run is None:
-        pytest.skip("kubectl not installed")
-    return run
-
-
-def patch_active(colour: str, **extra: str) -> tuple[str, ...]:
-    return ("patch", "configmap", CM, "--type", MERGE, "-p", json.dumps({"data": {"active": colour, **extra}}))
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT)) as session:
-        yield session
-
-
-@pytest.fixture
-def replica_env(kubeconfig: Path, upstreams: dict[str, Upstream], tmp_path: Path) -> dict[str, str]:
-    drop = ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "KUBECONFIG")  # never a real cluster
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BGPROXY_") and k not in drop}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    env.update(
-        KUBECONFIG=str(kubeconfig),
-        HOME=str(tmp_path),
-        BGPROXY_BLUE_URL=upstreams["blue"].url,
-        BGPROXY_GREEN_URL=upstreams["green"].url,
-        BGPROXY_STATE_BACKEND="configmap",
-        BGPROXY_CONFIGMAP_NAMESPACE=NS,
-        BGPROXY_CONFIGMAP_TIMEOUT="2",
-        BGPROXY_DRAIN_GRACE="0",
-        BGPROXY_DRAIN_TIMEOUT="1",
-        BGPROXY_LOG_FORMAT="json",
-    )
-    return env
-
-
-@pytest.fixture
-async def start_replica(replica_env: dict[str, str], tmp_path: Path) -> AsyncIterator[Callable[[str], Replica]]:
-    started: list[Replica] = []
-
-    def make(name: str) -> Replica:
-        replica = Replica(name, tmp_path, replica_env)
-        started.append(replica)
-        return replica
-
-    yield make
-    await asyncio.gather(*(r.stop() for r in started))
-
-
-@pytest.fixture
-async def replicas(
-    api: KubeAPIServer, start_replica: Callable[[str], Replica], http: aiohttp.ClientSession
-) -> tuple[Replica, Replica]:
-    a, b = start_replica("a"), start_replica("b")
-    await asyncio.gather(a.start(), b.start())
-    await asyncio.gather(a.ready(http), b.ready(http))
-    await until(lambda: both_watching(http, a, b), "both replicas watch the ConfigMap")
-    return a, b
-
-
-async def both_watching(http: aiohttp.ClientSession, *replicas: Replica) -> bool:
-    for r in replicas:
-        if not (await r.state(http))["store"]["connected"]:
-            return False
-        if await r.metric(http, "bgproxy_configmap_watch_connected") != 1:
-            return False
-    return True
-
-
-async def all_serve(http: aiohttp.ClientSession, want: str, *replicas: Replica) -> bool:
-    for r in replicas:
-        if await r.colour(http) != want:
-            return False
-    return True
-
-
-def measured(capsys: pytest.CaptureFixture[str], text: str) -> None:
-    with capsys.disabled():
-        print(f"\nmeasured: {text}")
-
-
-async def first_serving(http: aiohttp.ClientSession, replica: Replica, want: str) -> float:
-    """Requests back to back through the replica until one is served by `want`; the moment it was."""
-    end = time.monotonic() + WAIT
-    while time.monotonic() < end:
-        if await replica.colour(http) == want:
-            return time.monotonic()
-    pytest.fail(f"replica {replica.name} did not serve {want} within {WAIT}s")
 
 
 # --- the tests -------------------------------------------------------------------------------------------------

@@ -273,45 +273,70 @@ async def test_kubectl_patch_of_weight_splits_traffic_on_both_replicas(
 # --- a stepped promotion ----------------------------------------------------------------------------------------
 
 
-async def test_stepped_promotion_started_on_one_replica_advances_on_both(
+async def test_stepped_promotion_started_on_one_replica_advances_pauses_and_resumes_on_both(
     api: KubeAPIServer,
     replicas: tuple[Replica, Replica],
     http: aiohttp.ClientSession,
     commits: Commits,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """Started on A, paused on B, resumed on A: every replica follows every change, each written once."""
     a, b = replicas
     base = (await a.state(http))["revision"]
     steps = [10, 50, 100]
     await start_rollout(http, a, steps)
-    await until(lambda: all_at(http, base + len(steps) + 1, a, b), "both replicas promoted", within=WAIT)
+    await until(lambda: all_at(http, base + 2, a, b), "both replicas at the second step")
+    status, body = await b.admin(http, "POST", "/pause", reason="looking at the error rate")
+    assert status == 200 and body["rollout"]["paused"], body
+    paused = await commits.wait(base + 3)
+
+    await until(lambda: all_at(http, base + 3, a, b), "both replicas paused")
+
+    async def held() -> bool:  # past the moment the next step would have been due, and then some
+        assert await all_at(http, base + 3, a, b)
+        return time.time() > paused.at + INTERVAL + RETRY
+
+    await until(held, "the pause holds on both replicas")
+    status, body = await a.admin(http, "POST", "/resume", reason="looks fine")
+    assert status == 200 and not body["rollout"]["paused"], body
+    await until(lambda: all_at(http, base + 6, a, b), "both replicas promoted", within=WAIT)
 
     written = commits.states(after=base)
-    assert [c.revision for c in written] == [base + 1, base + 2, base + 3, base + 4]
-    assert [c.state["weight"] for c in written if c.state] == [10, 50, 100, 0]
-    assert [(c.state["rollout"] or {}).get("step") for c in written if c.state] == [0, 1, 2, None]
-    assert [c.state["source"] for c in written if c.state] == ["admin", "rollout", "rollout", "rollout"]
+    assert [c.revision for c in written] == list(range(base + 1, base + 7))
+    assert [c.state["weight"] for c in written if c.state] == [10, 50, 50, 50, 100, 0]
+    assert [(c.state["rollout"] or {}).get("step") for c in written if c.state] == [0, 1, 1, 1, 2, None]
+    assert [c.state["source"] for c in written if c.state] == [
+        "admin",
+        "rollout",
+        "admin",
+        "admin",
+        "rollout",
+        "rollout",
+    ]
     assert written[-1].state is not None and (written[-1].state["active"], written[-1].state["previous"]) == (
         "green", "blue"
     )  # fmt: skip
-    assert [c.data["weight"] for c in written] == ["10", "50", "100", "0"]  # the key follows every step
+    assert [c.data["weight"] for c in written] == ["10", "50", "50", "50", "100", "0"]  # the key follows every step
     commits.assert_no_revision_written_twice()
-    # Each step held its interval (measured on the writer's clock, which is the one the plan is kept in).
-    started = [c.state["updated_at"] for c in written if c.state]
-    assert all(later - earlier >= INTERVAL for earlier, later in itertools.pairwise(started)), started
+    # Each step held its interval from the step (or the resume) before it, on the writer's clock, the plan's clock.
+    started = {c.revision: c.state["updated_at"] for c in written if c.state}
+    for earlier, later in ((base + 1, base + 2), (base + 4, base + 5), (base + 5, base + 6)):
+        assert started[later] - started[earlier] >= INTERVAL, started
 
-    # One history entry per step on each replica, the same on both.
-    entries = {r.name: await history(http, r, base) for r in (a, b)}
-    for name, got in entries.items():
+    # One history entry per change on each replica, the same on both.
+    for r in (a, b):
+        got = await history(http, r, base)
         assert [(e["revision"], e["event"], e["weight"]) for e in got] == [
             (base + 1, "step", 10),
             (base + 2, "step", 50),
-            (base + 3, "step", 100),
-            (base + 4, "promoted", 0),
-        ], name
+            (base + 3, "paused", 50),
+            (base + 4, "resumed", 50),
+            (base + 5, "step", 100),
+            (base + 6, "promoted", 0),
+        ], r.name
     # Each step was taken by exactly one replica's timer.
     timers = took(a), took(b)
-    assert not timers[0] & timers[1] and timers[0] | timers[1] == {base + 2, base + 3, base + 4}, timers
+    assert not timers[0] & timers[1] and timers[0] | timers[1] == {base + 2, base + 5, base + 6}, timers
 
     delays: dict[str, list[float]] = {"a": [], "b": []}
     for commit in written:
@@ -321,12 +346,11 @@ async def test_stepped_promotion_started_on_one_replica_advances_on_both(
             delays[r.name].append(max(0.0, at - commit.at))  # log stamps are cut to the millisecond
     for name, seen in delays.items():
         assert max(seen) < 1.0, (name, seen)
-    gaps = [later.at - earlier.at for earlier, later in itertools.pairwise(written)]
     measured(
         capsys,
-        f"stepped promotion {steps} every {INTERVAL}s on two replicas: steps written {[round(g, 3) for g in gaps]} s "
-        f"apart; applied after the API server's commit by a: {ms(delays['a'])}, by b: {ms(delays['b'])}; steps "
-        f"taken by a: {len(timers[0])}, by b: {len(timers[1])}",
+        f"stepped promotion {steps} every {INTERVAL}s on two replicas, paused on b and resumed on a: each of the "
+        f"{len(written)} changes applied after the API server's commit by a: {ms(delays['a'])}, by b: "
+        f"{ms(delays['b'])}; steps taken by a: {len(timers[0])}, by b: {len(timers[1])}",
     )
     for r in (a, b):
         assert await r.metric(http, "bgproxy_rollout_step") == -1 and await r.metric(http, "bgproxy_weight") == 0

@@ -164,6 +164,17 @@ async def serves_weight(http: aiohttp.ClientSession, weight: int, *replicas: Rep
     return True
 
 
+async def serves_its_state(http: aiohttp.ClientSession, replica: Replica) -> bool:
+    """The replica's data plane splits at the weight its /state shows; False when a step landed meanwhile (look
+    again), a failure when it does not."""
+    before = await replica.state(http)
+    splits = await serves_weight(http, before["weight"], replica)
+    if (await replica.state(http))["revision"] != before["revision"]:
+        return False
+    assert splits, (replica.name, before)
+    return True
+
+
 async def states(http: aiohttp.ClientSession, *replicas: Replica) -> list[dict[str, Any]]:
     return [await r.state(http) for r in replicas]
 
@@ -390,9 +401,10 @@ async def test_losing_the_replica_that_took_the_last_step_neither_stalls_nor_rep
     ready_at = time.time()
     state = await restarted.state(http)
     assert state["rollout"] is not None, "the rollout ended before the restarted replica was ready: too slow a start"
-    now = stored(api)["state"]
-    assert (state["revision"], state["weight"], state["rollout"]) == (now["revision"], now["weight"], now["rollout"])
-    assert await serves_weight(http, state["weight"], restarted)
+    committed = commits.of(state["revision"])  # it serves a state the API server holds, plan and all
+    assert committed is not None and committed.state is not None
+    assert (state["weight"], state["rollout"]) == (committed.state["weight"], committed.state["rollout"])
+    await until(lambda: serves_its_state(http, restarted), "the restarted replica serves its step's weight")
 
     # The restarted replica follows the next step, then carries the rollout alone.
     follow = await commits.wait(state["revision"] + 1)

@@ -69,13 +69,22 @@ class StepTimer:
         wait = plan.due_at - time.time()
         if wait > 0:
             return wait
+        taken: list[State] = []
+
+        def advance(state: State) -> State:
+            new = rollout.advance(state, now=time.time(), healthy=self.healthy)
+            if new is not state:
+                taken.append(new)
+            return new
+
         try:
-            after = await self.holder.change(
-                lambda state: rollout.advance(state, now=time.time(), healthy=self.healthy)
-            )
+            after = await self.holder.change(advance)
         except StoreError as exc:
             log(logger, "step_not_written", level=logging.WARNING, error=str(exc), retry_in=RETRY)
             return RETRY
+        if taken and after == taken[-1]:  # this replica wrote it (else another one was first)
+            step = after.rollout.step + 1 if after.rollout is not None else "promote"
+            log(logger, "step_taken", revision=after.revision, step=step, weight=after.weight)
         if after.rollout is not None and after.rollout.step == plan.step and after.revision == current.revision:
             # Due but not taken: the standby colour is failing its health checks. Hold, and look again.
             held = (after.revision, plan.step)

@@ -475,7 +475,8 @@ def test_prometheus_annotations(rendered: list[Doc]) -> None:
 def test_state_configmap(rendered: list[Doc]) -> None:
     cm = one(rendered, "ConfigMap", STATE_CONFIGMAP)
     assert cm["data"]["active"] == "blue"
-    assert set(cm["data"]) <= {"active", "reason", "previous", "revision", "updated_at", "source", "weights"}
+    assert cm["data"].get("weight", "0") == "0"  # a fresh install never starts with traffic split
+    assert set(cm["data"]) <= {"active", "reason", "previous", "revision", "updated_at", "source", "weight"}
 
 
 @needs_kubectl

@@ -16,113 +16,27 @@ import json
 import os
 import signal
 import statistics
-import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import aiohttp
 import pytest
 
 from bgproxy.stores.configmap.client import BACKOFF_CAP
 from tests.support.configmap import CM, WAIT, stored, until
-from tests.support.kubeapi import KubeAPIServer, kubectl_runner
-from tests.support.replicas import START, Replica, replica_env
-from tests.support.servers import Upstream
+from tests.support.kubeapi import KubeAPIServer
+from tests.support.replicas import (
+    START,
+    Kubectl,
+    Replica,
+    all_serve,
+    both_watching,
+    first_serving,
+    measured,
+    patch_active,
+)
 
 pytestmark = pytest.mark.slow
-
-MERGE = "merge"
-
-Kubectl = Callable[..., Awaitable[subprocess.CompletedProcess[str]]]
-
-
-@pytest.fixture
-def api() -> Iterator[KubeAPIServer]:
-    with KubeAPIServer(bookmark_interval=0.5) as server:
-        yield server
-
-
-@pytest.fixture
-def kubeconfig(api: KubeAPIServer, tmp_path: Path) -> Path:
-    return api.write_kubeconfig(tmp_path / "kubeconfig")
-
-
-@pytest.fixture
-def kubectl(kubeconfig: Path, tmp_path: Path) -> Kubectl:
-    run = kubectl_runner(kubeconfig, tmp_path, timeout=WAIT)
-    if run is None:
-        pytest.skip("kubectl not installed")
-    return run
-
-
-def patch_active(colour: str, **extra: str) -> tuple[str, ...]:
-    return ("patch", "configmap", CM, "--type", MERGE, "-p", json.dumps({"data": {"active": colour, **extra}}))
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT)) as session:
-        yield session
-
-
-@pytest.fixture
-def env(kubeconfig: Path, upstreams: dict[str, Upstream], tmp_path: Path) -> dict[str, str]:
-    return replica_env(kubeconfig, tmp_path, {c: up.url for c, up in upstreams.items()})
-
-
-@pytest.fixture
-async def start_replica(env: dict[str, str], tmp_path: Path) -> AsyncIterator[Callable[[str], Replica]]:
-    started: list[Replica] = []
-
-    def make(name: str) -> Replica:
-        replica = Replica(name, tmp_path, env)
-        started.append(replica)
-        return replica
-
-    yield make
-    await asyncio.gather(*(r.stop() for r in started))
-
-
-@pytest.fixture
-async def replicas(
-    api: KubeAPIServer, start_replica: Callable[[str], Replica], http: aiohttp.ClientSession
-) -> tuple[Replica, Replica]:
-    a, b = start_replica("a"), start_replica("b")
-    await asyncio.gather(a.start(), b.start())
-    await asyncio.gather(a.ready(http), b.ready(http))
-    await until(lambda: both_watching(http, a, b), "both replicas watch the ConfigMap")
-    return a, b
-
-
-async def both_watching(http: aiohttp.ClientSession, *replicas: Replica) -> bool:
-    for r in replicas:
-        if not (await r.state(http))["store"]["connected"]:
-            return False
-        if await r.metric(http, "bgproxy_configmap_watch_connected") != 1:
-            return False
-    return True
-
-
-async def all_serve(http: aiohttp.ClientSession, want: str, *replicas: Replica) -> bool:
-    for r in replicas:
-        if await r.colour(http) != want:
-            return False
-    return True
-
-
-def measured(capsys: pytest.CaptureFixture[str], text: str) -> None:
-    with capsys.disabled():
-        print(f"\nmeasured: {text}")
-
-
-async def first_serving(http: aiohttp.ClientSession, replica: Replica, want: str) -> float:
-    """Requests back to back through the replica until one is served by `want`; the moment it was."""
-    end = time.monotonic() + WAIT
-    while time.monotonic() < end:
-        if await replica.colour(http) == want:
-            return time.monotonic()
-    pytest.fail(f"replica {replica.name} did not serve {want} within {WAIT}s")
 
 
 # --- the tests -------------------------------------------------------------------------------------------------

@@ -9,26 +9,45 @@ import json
 
 import pytest
 
-from bgproxy.core.model import MAX_REASON, Color, State
-from bgproxy.stores.configmap.codec import EDITED, KEY_ACTIVE, KEY_REASON, KEY_STATE, configmap_data, read_configmap
+from bgproxy.core.model import MAX_REASON, Color, Rollout, State
+from bgproxy.stores.configmap.codec import (
+    EDITED,
+    KEY_ACTIVE,
+    KEY_REASON,
+    KEY_STATE,
+    KEY_WEIGHT,
+    configmap_data,
+    read_configmap,
+)
 
 NOW = 1000.0
 
 
-def st(active: str, revision: int, previous: str | None = None, source: str = "admin", reason: str = "") -> State:
+def st(
+    active: str,
+    revision: int,
+    previous: str | None = None,
+    source: str = "admin",
+    reason: str = "",
+    weight: int = 0,
+    rollout: Rollout | None = None,
+) -> State:
     prev = Color(previous) if previous else None
-    return State(Color(active), prev, revision, 50.0, source, reason)
+    return State(Color(active), prev, revision, 50.0, source, reason, weight=weight, rollout=rollout)
 
 
 def blob(state: State) -> str:
     return configmap_data(state)["state"]
 
 
-def edited(active: str, previous: str | None, revision: int, reason: str = EDITED) -> State:
-    return State(Color(active), Color(previous) if previous else None, revision, NOW, "configmap", reason)
+def edited(active: str, previous: str | None, revision: int, reason: str = EDITED, weight: int = 0) -> State:
+    prev = Color(previous) if previous else None
+    return State(Color(active), prev, revision, NOW, "configmap", reason, weight=weight)
 
 
 BLUE3 = st("blue", 3, "green", reason="deploy")
+SHIFT20 = st("blue", 5, "green", reason="canary", weight=20)  # a manual shift: 20% to green
+STEPPING = st("blue", 6, "green", "rollout", "step 2 of 3", 50, Rollout((10, 50, 100), 60.0, 1, 40.0))
 
 READINGS: list[tuple[str, dict[str, str] | None, State | None, State | None, bool, int]] = [
     # (case, data, last, expected state (None: invalid, ignored), normalise?, problems)
@@ -110,6 +129,158 @@ READINGS: list[tuple[str, dict[str, str] | None, State | None, State | None, boo
         True,
         0,
     ),
+    # --- the `weight` key: owned by people and Git like `active`; absent is 0 ---------------------------------
+    ("weight key agrees", {"active": "blue", "weight": "0", "state": blob(BLUE3)}, BLUE3, BLUE3, False, 0),
+    ("shift: weight key agrees", {"active": "blue", "weight": "20", "state": blob(SHIFT20)}, None, SHIFT20, False, 0),
+    (
+        "weight edited: a shift, previous kept",
+        {"active": "blue", "weight": "20", "state": blob(BLUE3)},
+        BLUE3,
+        edited("blue", "green", 4, weight=20),
+        True,
+        0,
+    ),
+    (
+        "weight edited with a reason",
+        {"active": "blue", "weight": "20", "reason": "canary 42", "state": blob(BLUE3)},
+        BLUE3,
+        edited("blue", "green", 4, "canary 42", weight=20),
+        True,
+        0,
+    ),
+    (
+        "weight key removed during a shift: absent is 0",
+        {"active": "blue", "state": blob(SHIFT20)},
+        SHIFT20,
+        edited("blue", "green", 6),
+        True,
+        0,
+    ),
+    (
+        "active and weight edited at once: one change",
+        {"active": "green", "weight": "10", "state": blob(BLUE3)},
+        BLUE3,
+        edited("green", "blue", 4, weight=10),
+        True,
+        0,
+    ),
+    (
+        "promote through the keys: the new colour with weight 0",
+        {"active": "green", "weight": "0", "state": blob(SHIFT20)},
+        SHIFT20,
+        edited("green", "blue", 6),
+        True,
+        0,
+    ),
+    (
+        "a stepped promotion's own weight is no edit",
+        {"active": "blue", "weight": "50", "state": blob(STEPPING)},
+        st("blue", 5, "green", weight=10),
+        STEPPING,
+        False,
+        0,
+    ),
+    (
+        "weight edited during a stepped promotion ends it",
+        {"active": "blue", "weight": "30", "state": blob(STEPPING)},
+        STEPPING,
+        edited("blue", "green", 7, weight=30),
+        True,
+        0,
+    ),
+    (
+        "weight 0 during a stepped promotion: all back to the active colour",
+        {"active": "blue", "weight": "0", "state": blob(STEPPING)},
+        STEPPING,
+        edited("blue", "green", 7),
+        True,
+        0,
+    ),
+    (
+        "active edited during a stepped promotion: the keys say what traffic does",
+        {"active": "green", "weight": "50", "state": blob(STEPPING)},
+        STEPPING,
+        edited("green", "blue", 7, weight=50),
+        True,
+        0,
+    ),
+    (
+        "weight edit applied, not written back yet",
+        {"active": "blue", "weight": "20", "state": blob(BLUE3)},
+        edited("blue", "green", 4, weight=20),
+        edited("blue", "green", 4, weight=20),
+        True,
+        0,
+    ),
+    (
+        "second weight edit before the write-back",
+        {"active": "blue", "weight": "40", "state": blob(BLUE3)},
+        edited("blue", "green", 4, weight=20),
+        edited("blue", "green", 5, weight=40),
+        True,
+        0,
+    ),
+    (
+        "blob newer than last, its weight agrees",
+        {"active": "blue", "weight": "50", "state": blob(STEPPING)},
+        BLUE3,
+        STEPPING,
+        False,
+        0,
+    ),
+    (
+        "first read, no blob, a weight",
+        {"active": "green", "weight": "30"},
+        None,
+        edited("green", None, 1, weight=30),
+        True,
+        0,
+    ),
+    ("no blob, weight agrees", {"active": "blue", "weight": "20"}, SHIFT20, SHIFT20, True, 0),
+    ("weight with blanks", {"active": "blue", "weight": " 20\n", "state": blob(SHIFT20)}, None, SHIFT20, False, 0),
+    ("weight with leading zeros", {"active": "blue", "weight": "020", "state": blob(SHIFT20)}, None, SHIFT20, False, 0),
+    (
+        "weight 100",
+        {"active": "blue", "weight": "100", "state": blob(BLUE3)},
+        BLUE3,
+        edited("blue", "green", 4, weight=100),
+        True,
+        0,
+    ),
+    ("weight not a number", {"active": "blue", "weight": "abc", "state": blob(BLUE3)}, BLUE3, None, False, 1),
+    ("weight above 100", {"active": "blue", "weight": "101", "state": blob(BLUE3)}, BLUE3, None, False, 1),
+    ("weight negative", {"active": "blue", "weight": "-1", "state": blob(BLUE3)}, BLUE3, None, False, 1),
+    ("weight not whole", {"active": "blue", "weight": "5.5", "state": blob(BLUE3)}, BLUE3, None, False, 1),
+    ("weight with a sign", {"active": "blue", "weight": "+5", "state": blob(BLUE3)}, BLUE3, None, False, 1),
+    ("weight as a percent", {"active": "blue", "weight": "20%", "state": blob(BLUE3)}, BLUE3, None, False, 1),
+    ("weight in exponent form", {"active": "blue", "weight": "1e1", "state": blob(BLUE3)}, BLUE3, None, False, 1),
+    ("weight empty", {"active": "blue", "weight": "", "state": blob(BLUE3)}, BLUE3, None, False, 1),
+    (
+        "weight in non-ASCII digits",
+        {"active": "blue", "weight": "\uff12\uff10", "state": blob(BLUE3)},
+        BLUE3,
+        None,
+        False,
+        1,
+    ),
+    ("weight of four digits", {"active": "blue", "weight": "0100", "state": blob(BLUE3)}, BLUE3, None, False, 1),
+    (
+        "invalid weight with a valid active edit: nothing applied",
+        {"active": "green", "weight": "abc", "state": blob(BLUE3)},
+        BLUE3,
+        None,
+        False,
+        1,
+    ),
+    (
+        "invalid weight during a stepped promotion: it goes on",
+        {"active": "blue", "weight": "5.5", "state": blob(STEPPING)},
+        STEPPING,
+        None,
+        False,
+        1,
+    ),
+    ("invalid weight and colour: both named", {"active": "red", "weight": "abc"}, BLUE3, None, False, 2),
 ]
 
 
@@ -132,6 +303,9 @@ PROBLEMS: list[tuple[str, dict[str, str], str]] = [
     ("missing key", {}, "key 'active' is missing: expected blue or green"),
     ("unknown colour", {"active": "red"}, "key 'active': unknown colour 'red'"),
     ("corrupt blob", {"active": "blue", "state": "{"}, "key 'state' is not a bgproxy state"),
+    ("weight not a number", {"active": "blue", "weight": "abc"}, "key 'weight': expected a whole number from 0 to 100"),
+    ("weight above 100", {"active": "blue", "weight": "101"}, "got '101'"),
+    ("weight cut in the message", {"active": "blue", "weight": "9" * 500}, "got '9999"),
 ]
 
 
@@ -144,14 +318,44 @@ def test_problems_name_the_key(data: dict[str, str], says: str) -> None:
 def test_data_round_trips() -> None:
     state = st("green", 9, "blue", reason="release 42")
     data = configmap_data(state)
-    assert data["active"] == "green" and data["reason"] == "release 42"
+    assert data["active"] == "green" and data["reason"] == "release 42" and data["weight"] == "0"
     assert "standby" not in json.loads(data["state"])
     assert read_configmap(data, None, now=NOW).state == state
 
 
+@pytest.mark.parametrize("state", [SHIFT20, STEPPING, st("green", 2, "blue", weight=100)], ids=["shift", "step", "100"])
+def test_weights_and_plans_round_trip(state: State) -> None:
+    data = configmap_data(state)
+    assert data[KEY_WEIGHT] == str(state.weight)  # every state writes its weight: an edit is a difference
+    reading = read_configmap(data, None, now=NOW)
+    assert (reading.state, reading.normalise, reading.problems) == (state, False, ())
+
+
+@pytest.mark.parametrize(
+    ("data", "last"),
+    [
+        ({"active": "blue", "weight": " 30 ", "state": blob(BLUE3)}, BLUE3),
+        ({"active": "Green", "weight": "030", "state": blob(STEPPING)}, STEPPING),
+        ({"active": "blue", "weight": "20"}, None),
+    ],
+    ids=["weight with blanks", "both edited, lenient forms", "no blob"],
+)
+def test_an_edit_is_written_back_normalised_and_then_holds(data: dict[str, str], last: State | None) -> None:
+    """What an edit means is written back in plain form, with its own blob; reading that back is no further edit,
+    and the revision only ever rises."""
+    first = read_configmap(data, last, now=NOW)
+    assert first.state is not None and first.normalise
+    written = {**data, **configmap_data(first.state)}  # the store merges its keys into the ConfigMap
+    assert written[KEY_WEIGHT] == str(int(data[KEY_WEIGHT].strip()))
+    assert written[KEY_ACTIVE] == data[KEY_ACTIVE].strip().lower()
+    again = read_configmap(written, first.state, now=NOW + 1)
+    assert (again.state, again.normalise, again.problems) == (first.state, False, ())
+    assert first.state.revision == (last.revision if last else 0) + 1
+
+
 def test_data_holds_exactly_the_keys_bgproxy_writes() -> None:
     # A patch merges these into the ConfigMap: whatever else it holds stays.
-    assert set(configmap_data(BLUE3)) == {KEY_ACTIVE, KEY_REASON, KEY_STATE}
+    assert set(configmap_data(BLUE3)) == {KEY_ACTIVE, KEY_WEIGHT, KEY_REASON, KEY_STATE}
     assert json.loads(configmap_data(BLUE3)[KEY_STATE]) == {
         "active": "blue",
         "previous": "green",

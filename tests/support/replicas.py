@@ -12,17 +12,20 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.support.configmap import NS, WAIT, parse_metric, until
+from tests.support.configmap import CM, NS, WAIT, parse_metric, until
 from tests.support.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+MERGE = "merge"
+Kubectl = Callable[..., Awaitable[subprocess.CompletedProcess[str]]]
 START = 20.0  # seconds a replica may take to become ready (imports included)
 
 
@@ -81,14 +84,20 @@ class Replica:
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def events(self) -> list[str]:
+    def records(self) -> list[dict[str, Any]]:
+        """The JSON log lines, parsed (a line cut short by SIGKILL is skipped)."""
         out = []
         for line in self.logs.splitlines():
             try:
-                out.append(json.loads(line)["event"])
-            except (ValueError, KeyError):
+                record = json.loads(line)
+            except ValueError:
                 continue
+            if isinstance(record, dict) and "event" in record:
+                out.append(record)
         return out
+
+    def events(self) -> list[str]:
+        return [record["event"] for record in self.records()]
 
     async def readyz(self, http: aiohttp.ClientSession) -> int | None:
         """The /readyz status, or None while the admin port does not answer."""
@@ -128,6 +137,12 @@ class Replica:
         async with http.get(f"http://127.0.0.1:{self.admin_port}/metrics") as resp:
             return parse_metric(await resp.text(), name, **labels)
 
+    async def kill(self) -> None:
+        """SIGKILL: no drain and no last write, as when a node is lost or the kernel's OOM killer strikes."""
+        assert self.proc is not None
+        self.proc.kill()
+        await self.proc.wait()
+
     def terminate(self) -> None:
         """SIGTERM, as the kubelet sends it; the process drains and exits on its own."""
         if self.proc is not None and self.proc.returncode is None:
@@ -143,3 +158,37 @@ class Replica:
             self.proc.kill()
             await self.proc.wait()
             pytest.fail(f"replica {self.name} ignored SIGTERM:\n{self.logs}")
+
+
+def patch_active(colour: str, **extra: str) -> tuple[str, ...]:
+    return ("patch", "configmap", CM, "--type", MERGE, "-p", json.dumps({"data": {"active": colour, **extra}}))
+
+
+async def both_watching(http: aiohttp.ClientSession, *replicas: Replica) -> bool:
+    for r in replicas:
+        if not (await r.state(http))["store"]["connected"]:
+            return False
+        if await r.metric(http, "bgproxy_configmap_watch_connected") != 1:
+            return False
+    return True
+
+
+async def all_serve(http: aiohttp.ClientSession, want: str, *replicas: Replica) -> bool:
+    for r in replicas:
+        if await r.colour(http) != want:
+            return False
+    return True
+
+
+def measured(capsys: pytest.CaptureFixture[str], text: str) -> None:
+    with capsys.disabled():
+        print(f"\nmeasured: {text}")
+
+
+async def first_serving(http: aiohttp.ClientSession, replica: Replica, want: str) -> float:
+    """Requests back to back through the replica until one is served by `want`; the moment it was."""
+    end = time.monotonic() + WAIT
+    while time.monotonic() < end:
+        if await replica.colour(http) == want:
+            return time.monotonic()
+    pytest.fail(f"replica {replica.name} did not serve {want} within {WAIT}s")

@@ -75,7 +75,8 @@ class StateHolder:
                 try:
                     stored = await self.store.write(new, expected_revision=base.revision)
                 except StoreConflict as exc:
-                    log(logger, "state_conflict", level=logging.WARNING, revision=exc.current.revision)
+                    # Expected with several replicas (their timers race for each step): decide again, quietly.
+                    log(logger, "state_conflict", level=logging.DEBUG, revision=exc.current.revision)
                     self._apply(exc.current)
                     continue
                 self._apply(stored)

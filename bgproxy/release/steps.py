@@ -28,7 +28,7 @@ class StepTimer:
         self.healthy = healthy
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._held: tuple[int, int] | None = None  # (revision, step) of a due step held back, logged once
+        self._held: tuple[int, int] | None = None  # (revision, step) of a due step held back: warned about once
 
     def start(self) -> None:
         self.holder.listeners.append(self._changed)
@@ -80,7 +80,10 @@ class StepTimer:
         try:
             after = await self.holder.change(advance)
         except StoreError as exc:
-            log(logger, "step_not_written", level=logging.WARNING, error=str(exc), retry_in=RETRY)
+            held = (current.revision, plan.step)
+            level = logging.WARNING if held != self._held else logging.DEBUG  # once per held step, not every retry
+            self._held = held
+            log(logger, "step_not_written", level=level, error=str(exc), retry_in=RETRY)
             return RETRY
         if taken and after == taken[-1]:  # this replica wrote it (else another one was first)
             step = after.rollout.step + 1 if after.rollout is not None else "promote"

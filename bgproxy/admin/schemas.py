@@ -194,7 +194,18 @@ class HistoryEntry(ResponseBody):
     """One change of the state: a switch, a shift, a step of a stepped promotion, a pause, a resume, an abort."""
 
     when: float = Field(description="seconds since the epoch")
-    event: Literal["switch", "shift", "step", "promoted", "paused", "resumed", "aborted"]
+    event: Literal[
+        "switch",
+        "shift",
+        "step",
+        "promoted",
+        "paused",
+        "resumed",
+        "aborted",
+        "auto-rollback",
+        "auto-promote",
+        "release",
+    ]
     from_: Color = Field(alias="from", description="the active colour before")
     to: Color = Field(description="the active colour after")
     weight: Weight

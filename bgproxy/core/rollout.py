@@ -37,16 +37,8 @@ def start(
             "abort it first, or promote to finish it now"
         )
     forced = routing.gate(healthy, state.standby, force=force, doing="promote")
-    return replace(
-        state,
-        weight=plan[0],
-        rollout=Rollout(plan, seconds, 0, now),
-        revision=state.revision + 1,
-        updated_at=now,
-        source=source,
-        reason=reason,
-        forced=forced,
-    )
+    started = replace(state, weight=plan[0], rollout=Rollout(plan, seconds, 0, now))
+    return routing.revised(started, now=now, source=source, reason=reason, forced=forced)
 
 
 def advance(state: State, *, now: float, healthy: Health | None = None) -> State:

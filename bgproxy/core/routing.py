@@ -16,6 +16,7 @@ from .model import (
     NothingToRollBack,
     State,
     TargetDown,
+    check_release,
     check_weight,
 )
 
@@ -51,6 +52,21 @@ def gate(healthy: Health | None, to: Color, *, force: bool, doing: str) -> bool:
     return True
 
 
+def revised(new: State, *, now: float, source: str, reason: str, forced: bool = False) -> State:
+    """`new` as the next revision of a change a person (or Git) made: it clears a hold and ends the wait of an
+    auto-promotion (its `release_pending`)."""
+    return replace(
+        new,
+        revision=new.revision + 1,
+        updated_at=now,
+        source=source,
+        reason=reason,
+        forced=forced,
+        hold=None,
+        release_pending=False,
+    )
+
+
 def switch(
     state: State,
     to: Color,
@@ -60,38 +76,28 @@ def switch(
     now: float,
     healthy: Health | None = None,
     force: bool = False,
+    promotion: bool = True,
 ) -> State:
     """Make `to` active with all ordinary traffic. Changes nothing when it already is (idempotent for GitOps).
 
-    Switching to the active colour while traffic is split sends it all back there (and ends a stepped promotion).
-    With `healthy` given, a colour that is down is refused unless `force`: a switch must not cause an outage.
+    Switching to the active colour while traffic is split (or held) sends it all there, ends a stepped promotion
+    and clears the hold. With `healthy` given, a colour that is down is refused unless `force`: a switch must not
+    cause an outage. A `promotion` (anything but a rollback) starts the watch of the automatic rollback.
     """
     if to is state.active:
-        if not state.split:
+        if not state.split and state.hold is None:
             return state
-        return replace(
-            state,
-            weight=0,
-            rollout=None,
-            revision=state.revision + 1,
-            updated_at=now,
-            source=source,
-            reason=reason,
-            forced=False,
-        )
+        return revised(replace(state, weight=0, rollout=None), now=now, source=source, reason=reason)
     forced = gate(healthy, to, force=force, doing="switch")
-    return replace(
+    flipped = replace(
         state,
         active=to,
         previous=state.active,
         weight=0,
         rollout=None,
-        revision=state.revision + 1,
-        updated_at=now,
-        source=source,
-        reason=reason,
-        forced=forced,
+        promoted_at=now if promotion else None,
     )
+    return revised(flipped, now=now, source=source, reason=reason, forced=forced)
 
 
 def promote(
@@ -109,7 +115,9 @@ def rollback(
         return abort(state, source=source, reason=reason, now=now)
     if state.previous is None or state.previous is state.active:
         raise NothingToRollBack(f"nothing to roll back to: {state.active.value} has been active since the start")
-    return switch(state, state.previous, source=source, reason=reason, now=now, healthy=healthy, force=force)
+    return switch(
+        state, state.previous, source=source, reason=reason, now=now, healthy=healthy, force=force, promotion=False
+    )
 
 
 def shift(
@@ -124,19 +132,10 @@ def shift(
 ) -> State:
     """Send `weight` percent of ordinary traffic to the standby colour. A manual shift ends a stepped promotion."""
     weight = check_weight(weight)
-    if weight == state.weight and state.rollout is None:
+    if weight == state.weight and state.rollout is None and state.hold is None:
         return state
     forced = gate(healthy, state.standby, force=force, doing="shift traffic to it") if weight else False
-    return replace(
-        state,
-        weight=weight,
-        rollout=None,
-        revision=state.revision + 1,
-        updated_at=now,
-        source=source,
-        reason=reason,
-        forced=forced,
-    )
+    return revised(replace(state, weight=weight, rollout=None), now=now, source=source, reason=reason, forced=forced)
 
 
 def abort(state: State, *, source: str, reason: str, now: float) -> State:
@@ -145,20 +144,27 @@ def abort(state: State, *, source: str, reason: str, now: float) -> State:
         raise NothingRunning(
             f"nothing to abort: no shift or stepped promotion is running, {state.active.value} serves all traffic"
         )
-    return replace(
-        state,
-        weight=0,
-        rollout=None,
-        revision=state.revision + 1,
-        updated_at=now,
-        source=source,
-        reason=reason,
-        forced=False,
-    )
+    return revised(replace(state, weight=0, rollout=None), now=now, source=source, reason=reason)
+
+
+def set_release(state: State, release: str | None, *, source: str, reason: str, now: float) -> State:
+    """Record the release now deployed on the standby colour. A new one clears a hold, and while no traffic is split
+    it waits for a promotion (`release_pending`: auto-promotion may do it). The same one again changes nothing."""
+    release = check_release(release)
+    if release == state.release:
+        return state
+    new = revised(replace(state, release=release), now=now, source=source, reason=reason)
+    return replace(new, release_pending=release is not None and not state.split)
 
 
 def event(old: State, new: State) -> str:
     """What a change was, in the words of the history and of webhooks."""
+    if new.source == "analysis":
+        return "auto-rollback"
+    if (new.source == "auto" and new.active is not old.active) or (new.source == "auto" and new.rollout is not None):
+        return "auto-promote"
+    if new.release != old.release and (new.active, new.weight, new.rollout) == (old.active, old.weight, old.rollout):
+        return "release"
     if new.active is not old.active:
         return "promoted" if old.rollout is not None and new.source == "rollout" else "switch"
     if new.rollout is not None:

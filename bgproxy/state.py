@@ -26,7 +26,9 @@ HISTORY_SIZE = 100
 MAX_CONFLICT_RETRIES = 5
 
 Decision = Callable[[State], State]
-Listener = Callable[[State, State], None]  # (old, new), called on the loop for every new revision applied
+# (old, new, written here): called on the loop for every new revision applied; the flag says whether this replica
+# wrote it (so that what happens once per change, a webhook or an Event, happens on one replica only).
+Listener = Callable[[State, State, bool], None]
 
 
 class StateHolder:
@@ -38,6 +40,7 @@ class StateHolder:
         self.loaded = False
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_SIZE)
         self.listeners: list[Listener] = []
+        self._writing: State | None = None  # the state this replica is writing: its own when it comes back
         self._lock = asyncio.Lock()
 
     async def load(self) -> State:
@@ -72,6 +75,7 @@ class StateHolder:
                 new = decide(base)
                 if new is base:
                     return base
+                self._writing = new
                 try:
                     stored = await self.store.write(new, expected_revision=base.revision)
                 except StoreConflict as exc:
@@ -79,7 +83,9 @@ class StateHolder:
                     log(logger, "state_conflict", level=logging.DEBUG, revision=exc.current.revision)
                     self._apply(exc.current)
                     continue
-                self._apply(stored)
+                finally:
+                    self._writing = None
+                self._apply(stored, own=stored == new)
                 return stored
             raise StoreError("the state kept changing concurrently; try again")
 
@@ -89,8 +95,10 @@ class StateHolder:
         async for state in self.store.changes():
             self._apply(state)
 
-    def _apply(self, new: State) -> None:
+    def _apply(self, new: State, *, own: bool = False) -> None:
         old = self.current
+        # A store may deliver this replica's own write through its change stream before the write returns.
+        own = own or (self._writing is not None and new == self._writing)
         if new == old:
             return
         flipped = new.active is not old.active
@@ -128,7 +136,7 @@ class StateHolder:
             reason=new.reason,
         )
         for listener in self.listeners:
-            listener(old, new)
+            listener(old, new, own)
 
     def _swap(self, new: State, *, flipped: bool) -> None:
         self.current = new

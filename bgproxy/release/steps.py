@@ -42,7 +42,7 @@ class StepTimer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def _changed(self, old: State, new: State) -> None:
+    def _changed(self, old: State, new: State, own: bool) -> None:
         self._wake.set()
 
     async def _run(self) -> None:

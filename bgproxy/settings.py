@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from .core.model import Color
+from .core.model import Color, InvalidPlan, check_steps
 from .core.preview import IPNetwork, PreviewPolicy
 
 ENV_PREFIX = "BGPROXY_"
@@ -136,6 +136,40 @@ def _cookie_name(value: str) -> str:
     return value
 
 
+def _steps_setting(value: str) -> tuple[int, ...] | str | None:
+    """AUTO_PROMOTE_STEPS as typed (10,50,100), checked by the same rule as the admin API's steps; "" is unset."""
+    if not value.strip():
+        return None
+    try:
+        return check_steps([int(part) for part in value.split(",")])
+    except (ValueError, InvalidPlan) as exc:
+        raise ValueError(f"auto_promote_steps: expected rising weights such as 10,50,100 ({exc})") from None
+
+
+def _urls(value: str) -> tuple[str, ...]:
+    urls = []
+    for part in value.split(","):
+        url = part.strip()
+        if not url:
+            continue
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected comma-separated http:// or https:// URLs, got {url!r}")
+        urls.append(url)
+    return tuple(urls)
+
+
+def _secret_file(path: Path, field: str) -> SecretStr:
+    """A secret from a file (a mounted Secret), stripped; an unreadable or empty file is an error naming the field."""
+    try:
+        secret = path.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"{field}: cannot read {path}: {exc.strerror}") from None
+    if not secret:
+        raise ValueError(f"{field}: {path} is empty")
+    return SecretStr(secret)
+
+
 AddressField = Annotated[Address, AfterValidator(_address)]
 Seconds = Annotated[float, Field(gt=0, le=86400)]
 
@@ -214,6 +248,36 @@ class Settings(BaseSettings):
     idle_timeout: Seconds = 60.0
     """Seconds a keep-alive client may stay idle between requests."""
     max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 10000
+    analysis_enabled: bool = True
+    """Judge the colour getting new traffic by its live figures and roll back on a breach (automatic rollback)."""
+    analysis_window: Annotated[float, Field(ge=5, le=3600)] = 30.0
+    """Seconds of live figures (requests, 5xx share, p99) per colour that a verdict looks at."""
+    analysis_min_requests: Annotated[int, Field(ge=1, le=1_000_000)] = 50
+    """Requests the judged colour needs in the window before any verdict: fewer is no evidence."""
+    analysis_max_error_rate: Annotated[float, Field(ge=0, le=1)] = 0.05
+    """5xx share (0-1; the upstream's 5xx and the proxy's own 502/504) above which the judged colour is rolled back."""
+    analysis_max_p99: Annotated[float | None, Field(gt=0, le=3600)] = None
+    """Seconds of p99 latency above which the judged colour is rolled back; unset: off."""
+    analysis_max_p99_ratio: Annotated[float | None, Field(gt=1, le=1000)] = None
+    """Times the other colour's p99 above which the judged colour is rolled back; unset: off."""
+    analysis_watch: Annotated[float, Field(ge=0, le=86400)] = 300.0
+    """Seconds after a promote during which the new active colour stays judged (0: not at all)."""
+    auto_promote_after: Annotated[float | None, Field(gt=0, le=86400)] = None
+    """Seconds a new release's standby must be healthy and pass its checks before bgproxy promotes it; unset: off."""
+    auto_promote_steps: Annotated[tuple[int, ...] | None, NoDecode] = None
+    """Steps of the automatic promotion (10,50,100); unset: an instant promote."""
+    auto_promote_interval: Annotated[float, Field(ge=1, le=86400)] = 60.0
+    """Seconds each step of the automatic promotion holds."""
+    drained_after: Annotated[float, Field(ge=0, le=86400)] = 10.0
+    """Quiet seconds (no live request or websocket in flight) before a colour without traffic counts as drained."""
+    webhook_urls: Annotated[tuple[str, ...], NoDecode] = ()
+    """Comma-separated http(s) URLs that get a POST for every state change."""
+    webhook_secret: SecretStr | None = None
+    """Key of the HMAC-SHA256 signature (X-Bgproxy-Signature) of every webhook body."""
+    webhook_secret_file: Path | None = None
+    """Read the webhook secret from this file (a mounted Secret) instead."""
+    webhook_timeout: Annotated[float, Field(gt=0, le=300)] = 5.0
+    """Seconds each webhook delivery may take."""
     """Client connections held at once; beyond it new ones are closed at once."""
 
     @model_validator(mode="before")
@@ -239,7 +303,24 @@ class Settings(BaseSettings):
                     data["preview_allow"] = _networks(data["preview_allow"])
                 except ValueError as exc:
                     raise ValueError(f"preview_allow: {exc}") from None
-            for key in ("admin_token", "admin_token_file", "health_path", "preview_secret"):
+            if isinstance(data.get("auto_promote_steps"), str):
+                data["auto_promote_steps"] = _steps_setting(data["auto_promote_steps"])
+            if isinstance(data.get("webhook_urls"), str):
+                try:
+                    data["webhook_urls"] = _urls(data["webhook_urls"])
+                except ValueError as exc:
+                    raise ValueError(f"webhook_urls: {exc}") from None
+            for key in (
+                "admin_token",
+                "admin_token_file",
+                "health_path",
+                "preview_secret",
+                "analysis_max_p99",
+                "analysis_max_p99_ratio",
+                "auto_promote_after",
+                "webhook_secret",
+                "webhook_secret_file",
+            ):
                 if data.get(key) == "":
                     data[key] = None
         return data
@@ -247,13 +328,11 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.admin_token_file is not None:
-            try:
-                token = self.admin_token_file.read_text().strip()
-            except OSError as exc:
-                raise ValueError(f"admin_token_file: cannot read {self.admin_token_file}: {exc.strerror}") from None
-            if not token:
-                raise ValueError(f"admin_token_file: {self.admin_token_file} is empty")
-            self.admin_token = SecretStr(token)
+            self.admin_token = _secret_file(self.admin_token_file, "admin_token_file")
+        if self.webhook_secret_file is not None:
+            self.webhook_secret = _secret_file(self.webhook_secret_file, "webhook_secret_file")
+        if self.webhook_secret is not None and not self.webhook_secret.get_secret_value():
+            self.webhook_secret = None
         if self.admin_token is not None and not self.admin_token.get_secret_value():
             self.admin_token = None
         if not self.admin_listen.is_loopback and self.admin_token is None:

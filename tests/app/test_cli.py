@@ -342,35 +342,30 @@ async def test_a_refused_release_call_exits_1_with_the_servers_message(
 
 
 async def test_force_takes_a_shift_or_stepped_promotion_to_a_standby_that_is_down(
-    start_proxy: StartProxy, capsys: pytest.CaptureFixture[str]
+    start_proxy: StartProxy, capsys: pytest.CaptureFixture[str], colors: dict[str, HealthApp]
 ) -> None:
-    colors = {c: await HealthApp(c).start() for c in ("blue", "green")}
-    try:
-        app = await start_proxy(
-            blue_url=colors["blue"].url,
-            green_url=colors["green"].url,
-            health_path="/healthz",
-            health_interval="0.05",
-            health_unhealthy_threshold="2",
-        )
-        url = ("--admin-url", admin_url(app))
-        colors["green"].status = 503
-        end = time.monotonic() + TIMEOUT
-        while (await state_of(app))["backends"]["green"]["healthy"]:
-            assert time.monotonic() < end, "green not down in time"
-            await asyncio.sleep(0.02)  # bounded poll
+    app = await start_proxy(
+        blue_url=colors["blue"].url,
+        green_url=colors["green"].url,
+        health_path="/healthz",
+        health_interval="0.05",
+        health_unhealthy_threshold="2",
+    )
+    url = ("--admin-url", admin_url(app))
+    colors["green"].status = 503
+    end = time.monotonic() + TIMEOUT
+    while (await state_of(app))["backends"]["green"]["healthy"]:
+        assert time.monotonic() < end, "green not down in time"
+        await asyncio.sleep(0.02)  # bounded poll
 
-        for argv in (("shift", "20"), ("promote", "--steps", "10,50")):
-            code, out, err = await run_cli(capsys, *argv, *url)
-            assert (code, out) == (1, "")
-            assert "(409): green is failing its health checks" in err
-        code, out, err = await run_cli(capsys, "shift", "20", "--force", *url)
-        assert (code, err) == (0, "")
-        assert (json.loads(out)["weight"], json.loads(out)["forced"]) == (20, True)
-        code, out, err = await run_cli(capsys, "promote", "--steps", "30,60", "--interval", "600", "--force", *url)
-        assert (code, err) == (0, "")
-        assert (json.loads(out)["weight"], json.loads(out)["forced"]) == (30, True)
-        assert [(h["event"], h["forced"]) for h in await history_of(app)] == [("shift", True), ("step", True)]
-    finally:
-        for a in colors.values():
-            await a.stop()
+    for argv in (("shift", "20"), ("promote", "--steps", "10,50")):
+        code, out, err = await run_cli(capsys, *argv, *url)
+        assert (code, out) == (1, "")
+        assert "(409): green is failing its health checks" in err
+    code, out, err = await run_cli(capsys, "shift", "20", "--force", *url)
+    assert (code, err) == (0, "")
+    assert (json.loads(out)["weight"], json.loads(out)["forced"]) == (20, True)
+    code, out, err = await run_cli(capsys, "promote", "--steps", "30,60", "--interval", "600", "--force", *url)
+    assert (code, err) == (0, "")
+    assert (json.loads(out)["weight"], json.loads(out)["forced"]) == (30, True)
+    assert [(h["event"], h["forced"]) for h in await history_of(app)] == [("shift", True), ("step", True)]

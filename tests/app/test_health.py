@@ -23,14 +23,6 @@ POLL = 0.02
 
 
 @pytest.fixture
-async def colors() -> AsyncIterator[dict[str, HealthApp]]:
-    apps = {c: await HealthApp(c).start() for c in ("blue", "green")}
-    yield apps
-    for a in apps.values():
-        await a.stop()
-
-
-@pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as s:
         yield s

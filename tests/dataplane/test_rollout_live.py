@@ -159,14 +159,7 @@ async def test_pause_holds_the_step_and_resume_holds_it_a_full_interval_again(
 
     # Held: nothing changes across more than an interval past the step's due time.
     due = started["rollout"]["step_started_at"] + interval
-    while time.time() < due + interval * 0.6:
-        state = await admin.state()
-        assert (state["revision"], state["weight"], state["rollout"]) == (
-            paused["revision"],
-            10,
-            paused["rollout"],
-        )
-        await asyncio.sleep(0.05)  # watching that nothing happens, for a bounded time
+    await admin.holds(paused, until=due + interval * 0.6)
     answers = await send_all(app.port, [get()] * 400)
     assert within(100 * sum(a.color == "green" for a in answers) / 400, 10, 400)  # still 10% while paused
 
@@ -203,11 +196,7 @@ async def test_a_manual_shift_ends_the_stepped_promotion_and_its_timer(
     await admin.post("/promote", {"steps": [10, 50], "interval": 1.0})
     shifted = await admin.post("/shift", {"weight": 30})
     assert (shifted["weight"], shifted["rollout"]) == (30, None)
-    end = time.time() + 1.6
-    while time.time() < end:  # past when the next step would have been due: no step is taken
-        state = await admin.state()
-        assert (state["revision"], state["weight"], state["rollout"]) == (shifted["revision"], 30, None)
-        await asyncio.sleep(0.05)  # watching that nothing happens, for a bounded time
+    await admin.holds(shifted, until=time.time() + 1.6)  # past when the next step would have been due
     assert [h["event"] for h in await admin.history()] == ["step", "shift"]
 
 

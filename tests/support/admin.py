@@ -68,6 +68,15 @@ class Admin:
                 pytest.fail(f"not {what} within {within}s; state: {state}")
             await asyncio.sleep(POLL)  # bounded poll
 
+    async def holds(self, expected: dict[str, Any], *, until: float) -> None:
+        """The state's revision, weight and rollout stay as in `expected` until the wall-clock time `until`: watching
+        that nothing happens (a step not taken), for a bounded time."""
+        want = (expected["revision"], expected["weight"], expected["rollout"])
+        while time.time() < until:
+            state = await self.state()
+            assert (state["revision"], state["weight"], state["rollout"]) == want, state
+            await asyncio.sleep(POLL * 2)
+
 
 def routing_part(state: dict[str, Any]) -> dict[str, Any]:
     """The routing part of a /state answer (without the backends' live figures)."""

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from tests.support.servers import TIMEOUT
+from tests.support.servers import TIMEOUT, RawClient
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,17 +32,8 @@ def get(path: str = "/", *headers: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: test\r\n{extra}\r\n".encode()
 
 
-class Connection:
-    """One keep-alive client connection to the proxy."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    @classmethod
-    async def open(cls, port: int) -> Connection:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), TIMEOUT)
-        return cls(reader, writer)
+class Connection(RawClient):
+    """One keep-alive client connection to the proxy, reading responses into `Answer`s."""
 
     async def exchange(self, requests: Sequence[bytes]) -> list[Answer]:
         """Send the requests pipelined in one write, read their responses in order."""
@@ -74,13 +65,6 @@ class Connection:
         body = await self.reader.readexactly(length) if length else b""
         return Answer(status, color, body, tuple(cookies), sent, time.time())
 
-    async def close(self) -> None:
-        self.writer.close()
-        try:
-            await self.writer.wait_closed()
-        except ConnectionError:
-            pass
-
 
 async def send_all(port: int, requests: Sequence[bytes], *, connections: int = 16, batch: int = 32) -> list[Answer]:
     """Every request through `connections` keep-alive connections, `batch` pipelined at a time; the answers in the
@@ -90,7 +74,7 @@ async def send_all(port: int, requests: Sequence[bytes], *, connections: int = 1
     queue = iter(chunks)
 
     async def worker() -> None:
-        conn = await Connection.open(port)
+        conn = await Connection.connect(port)
         try:
             for chunk in queue:
                 for i, answer in zip(chunk, await conn.exchange([requests[i] for i in chunk]), strict=True):
@@ -109,7 +93,7 @@ async def keep_sending(
     """One client: requests on one keep-alive connection, one at a time, until `stop`; returns the connection
     errors met (a broken connection is reopened)."""
     errors: list[str] = []
-    conn = await Connection.open(port)
+    conn = await Connection.connect(port)
     try:
         while not stop.is_set():
             try:
@@ -117,7 +101,7 @@ async def keep_sending(
             except (ConnectionError, asyncio.IncompleteReadError, TimeoutError) as exc:
                 errors.append(repr(exc))
                 await conn.close()
-                conn = await Connection.open(port)
+                conn = await Connection.connect(port)
                 continue
             on_answer(answer)
     finally:

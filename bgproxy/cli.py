@@ -164,9 +164,10 @@ def _admin_call(args: argparse.Namespace, settings: Settings) -> int:
             body["to"] = args.color
         elif args.command == "shift":
             body["weight"] = args.weight
-        elif args.command == "promote" and args.steps is not None:
-            body["steps"] = args.steps
-            if args.interval is not None:
+        elif args.command == "promote":
+            if args.steps is not None:
+                body["steps"] = args.steps
+            if args.interval is not None:  # without --steps the server refuses it: never a silent instant promote
                 body["interval"] = args.interval
     headers = {"Content-Type": "application/json"}
     if settings.admin_token is not None:

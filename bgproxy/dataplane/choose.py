@@ -63,7 +63,7 @@ class Chooser:
         bucket = None
         if cookie is not None and self.sticky_bytes and self.sticky_bytes in cookie:
             bucket = buckets.from_cookie(cookie_value(cookie.decode("latin-1"), self.sticky_cookie))
-        if bucket is None and sticky is not None:
+        if bucket is None and sticky:  # an empty value is no id: hashed, it would put every such client in one bucket
             bucket = buckets.from_header(sticky)
         line = b""
         if bucket is None:

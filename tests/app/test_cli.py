@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 
 from bgproxy import cli
 from bgproxy.app import Bgproxy
+from tests.support.health import HealthApp
 from tests.support.processes import PROC_TIMEOUT, ServeProcess, clean_env
 from tests.support.servers import TIMEOUT, StartProxy, free_port
 
@@ -224,3 +226,146 @@ async def test_demo(tmp_path: Path) -> None:
         await asyncio.wait_for(demo.proc.stdout.read(), PROC_TIMEOUT)
     finally:
         await demo.kill()
+
+
+# --- gradual releases: shift, stepped promote, pause, resume, abort --------------------------------------------------
+
+
+async def history_of(app: Bgproxy) -> list[dict[str, Any]]:
+    """The history, oldest first."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as s:
+        async with s.get(f"{admin_url(app)}/history") as r:
+            assert r.status == 200
+            return list(reversed((await r.json())["history"]))
+
+
+async def test_shift_stepped_promote_pause_resume_abort(proxy: Bgproxy, capsys: pytest.CaptureFixture[str]) -> None:
+    url = ("--admin-url", admin_url(proxy))
+    code, out, err = await run_cli(capsys, "shift", "20", "--reason", "canary", *url)
+    assert (code, err) == (0, "")
+    assert (json.loads(out)["weight"], json.loads(out)["reason"]) == (20, "canary")
+    assert json.loads(out) == await state_of(proxy)
+
+    code, out, err = await run_cli(capsys, "promote", "--steps", "10,50,100", "--interval", "60", *url)
+    assert (code, err) == (0, "")
+    printed = json.loads(out)
+    assert (printed["weight"], printed["active"]) == (10, "blue")
+    assert printed["rollout"] | {"step_started_at": 0} == {
+        "steps": [10, 50, 100],
+        "interval": 60.0,
+        "step": 0,
+        "step_started_at": 0,
+        "paused": False,
+    }
+
+    code, out, _ = await run_cli(capsys, "pause", "--reason", "dashboards", *url)
+    assert code == 0 and json.loads(out)["rollout"]["paused"] is True
+    code, out, _ = await run_cli(capsys, "resume", *url)
+    assert code == 0 and json.loads(out)["rollout"]["paused"] is False
+    code, out, _ = await run_cli(capsys, "abort", "--reason", "errors", *url)
+    assert code == 0
+    assert {k: json.loads(out)[k] for k in ("active", "weight", "rollout", "reason")} == {
+        "active": "blue",
+        "weight": 0,
+        "rollout": None,
+        "reason": "errors",
+    }
+    assert [(h["event"], h["weight"]) for h in await history_of(proxy)] == [
+        ("shift", 20),
+        ("step", 10),
+        ("paused", 10),
+        ("resumed", 10),
+        ("aborted", 0),
+    ]
+    # a stepped promotion without --interval holds each step the default 60 s
+    code, out, _ = await run_cli(capsys, "promote", "--steps", "25", *url)
+    assert code == 0 and json.loads(out)["rollout"]["interval"] == 60.0
+
+
+async def test_rollback_during_a_shift_acts_as_abort(proxy: Bgproxy, capsys: pytest.CaptureFixture[str]) -> None:
+    url = ("--admin-url", admin_url(proxy))
+    assert (await run_cli(capsys, "shift", "30", *url))[0] == 0
+    code, out, err = await run_cli(capsys, "rollback", "--reason", "5xx on green", *url)
+    assert (code, err) == (0, "")
+    assert (json.loads(out)["active"], json.loads(out)["weight"]) == ("blue", 0)
+    assert [h["event"] for h in await history_of(proxy)] == ["shift", "aborted"]
+    assert await served_by(proxy) == "blue"
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (("shift", "abc"), "argument WEIGHT: expected a whole number 0-100, got 'abc'"),
+        (("shift", "20.5"), "expected a whole number 0-100, got '20.5'"),
+        (("shift",), "the following arguments are required: WEIGHT"),
+        (("promote", "--steps", "10,x"), "expected comma-separated weights such as 10,50,100, got '10,x'"),
+        (("promote", "--steps", ""), "expected comma-separated weights"),
+        (("promote", "--steps", "10,50", "--interval", "soon"), "argument --interval: invalid float value: 'soon'"),
+        (("pause", "--force"), "unrecognized arguments: --force"),
+    ],
+)
+def test_input_the_cli_cannot_read_exits_2_before_calling(
+    argv: tuple[str, ...], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens: the call is never made
+    with pytest.raises(SystemExit) as exited:
+        cli.main([*argv, "--admin-url", url])
+    assert exited.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and says in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (("shift", "150"), "(400): 'weight' must be at most 100, got 150"),
+        (("shift", "-5"), "(400): 'weight' must be at least 0, got -5"),
+        (("promote", "--steps", "50,10"), "(400): 'steps' must rise strictly, got [50, 10]"),
+        (("promote", "--steps", "0,50"), "(400): 'steps[0]' must be at least 1, got 0"),
+        (("promote", "--steps", "10", "--interval", "0"), "(400): 'interval' must be at least 1"),
+        (("promote", "--steps", "10", "--interval", "90000"), "(400): 'interval' must be at most 86400"),
+        (("promote", "--interval", "60"), "(400): 'interval' goes with 'steps'"),  # not an instant promote
+        (("pause",), "(409): nothing to pause"),
+        (("resume",), "(409): nothing to resume"),
+        (("abort",), "(409): nothing to abort"),
+    ],
+)
+async def test_a_refused_release_call_exits_1_with_the_servers_message(
+    proxy: Bgproxy, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], says: str
+) -> None:
+    before = await state_of(proxy)
+    code, out, err = await run_cli(capsys, *argv, "--admin-url", admin_url(proxy))
+    assert (code, out) == (1, "")
+    status, _, message = says.partition(": ")
+    assert err.startswith(f"bgproxy: POST /{argv[0]} failed {status}: ") and message in err, err
+    assert await state_of(proxy) == before
+
+
+async def test_force_takes_a_shift_or_stepped_promotion_to_a_standby_that_is_down(
+    start_proxy: StartProxy, capsys: pytest.CaptureFixture[str], colors: dict[str, HealthApp]
+) -> None:
+    app = await start_proxy(
+        blue_url=colors["blue"].url,
+        green_url=colors["green"].url,
+        health_path="/healthz",
+        health_interval="0.05",
+        health_unhealthy_threshold="2",
+    )
+    url = ("--admin-url", admin_url(app))
+    colors["green"].status = 503
+    end = time.monotonic() + TIMEOUT
+    while (await state_of(app))["backends"]["green"]["healthy"]:
+        assert time.monotonic() < end, "green not down in time"
+        await asyncio.sleep(0.02)  # bounded poll
+
+    for argv in (("shift", "20"), ("promote", "--steps", "10,50")):
+        code, out, err = await run_cli(capsys, *argv, *url)
+        assert (code, out) == (1, "")
+        assert "(409): green is failing its health checks" in err
+    code, out, err = await run_cli(capsys, "shift", "20", "--force", *url)
+    assert (code, err) == (0, "")
+    assert (json.loads(out)["weight"], json.loads(out)["forced"]) == (20, True)
+    code, out, err = await run_cli(capsys, "promote", "--steps", "30,60", "--interval", "600", "--force", *url)
+    assert (code, err) == (0, "")
+    assert (json.loads(out)["weight"], json.loads(out)["forced"]) == (30, True)
+    assert [(h["event"], h["forced"]) for h in await history_of(app)] == [("shift", True), ("step", True)]

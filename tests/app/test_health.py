@@ -14,68 +14,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from bgproxy.app import Bgproxy
+from tests.support.health import HealthApp
 from tests.support.servers import TIMEOUT, RawUpstream, StartProxy, free_port
 
 POLL = 0.02
-
-
-class HealthApp:
-    """One colour: `/healthz` answers `status`; every other path answers the colour's name."""
-
-    def __init__(self, color: str) -> None:
-        self.color = color
-        self.status = 200
-        self.answered: list[int] = []  # the status of every probe answered, in order
-        self.hold_at: int | None = None  # the probe with this 1-based number waits for `release`
-        self.held = asyncio.Event()
-        self.release = asyncio.Event()
-        self.url = ""
-        self._runner: web.AppRunner | None = None
-
-    def hold_probe(self, after: int) -> None:
-        """Hold the probe that comes after `after` more answers, until `release` is set."""
-        self.held.clear()
-        self.release.clear()
-        self.hold_at = len(self.answered) + after + 1
-
-    async def _healthz(self, request: web.Request) -> web.Response:
-        if self.hold_at == len(self.answered) + 1:
-            self.held.set()
-            await self.release.wait()
-            self.hold_at = None
-        status = self.status
-        self.answered.append(status)
-        return web.Response(status=status, text="ok" if status < 400 else "failing")
-
-    async def _other(self, request: web.Request) -> web.Response:
-        return web.Response(text=f"{self.color}\n")
-
-    async def start(self, port: int = 0) -> HealthApp:
-        app = web.Application()
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_route("*", "/{tail:.*}", self._other)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-        return self
-
-    async def stop(self) -> None:
-        self.release.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-
-@pytest.fixture
-async def colors() -> AsyncIterator[dict[str, HealthApp]]:
-    apps = {c: await HealthApp(c).start() for c in ("blue", "green")}
-    yield apps
-    for a in apps.values():
-        await a.stop()
 
 
 @pytest.fixture

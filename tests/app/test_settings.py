@@ -139,6 +139,9 @@ CASES: list[Case] = [
         "greater than or equal to 1, got '0'",
     ),
     ("preview-header-space", {"BGPROXY_PREVIEW_HEADER": "X Preview"}, [], "BGPROXY_PREVIEW_HEADER", "header name"),
+    ("sticky-cookie-semicolon", {"BGPROXY_STICKY_COOKIE": "bg;sticky"}, [], "BGPROXY_STICKY_COOKIE", "cookie name"),
+    ("sticky-cookie-space-flag", {}, ["--sticky-cookie", "bg sticky"], "BGPROXY_STICKY_COOKIE", "cookie name"),
+    ("sticky-header-colon", {"BGPROXY_STICKY_HEADER": "X-User:"}, [], "BGPROXY_STICKY_HEADER", "header name"),
 ]
 # A few of them also as real processes: the exit status and stderr of `python -m bgproxy serve` itself.
 SUBPROCESS_CASES = [
@@ -312,6 +315,7 @@ def test_defaults_are_the_documented_ones() -> None:
     assert (s.max_request_line, s.max_header_bytes) == (8192, 32768)
     assert (s.header_timeout, s.idle_timeout) == (10, 60)
     assert s.max_connections == 10000
+    assert (s.sticky_cookie, s.sticky_header) == ("bg-sticky", "")
 
 
 # --- the admin token ------------------------------------------------------------------------------------------------

@@ -21,25 +21,35 @@ from .model import (
 )
 
 
+def preview_color(state: State, preview: str | None) -> Color | None:
+    """The colour a preview value asks for, or None when it asks for none (absent, or blank).
+
+    `blue`/`green` pin that colour; any other non-blank value means "the one that is not live".
+    """
+    if not preview:
+        return None
+    if preview == "blue":
+        return Color.BLUE
+    if preview == "green":
+        return Color.GREEN
+    low = preview.strip().lower()
+    if low == "blue":
+        return Color.BLUE
+    if low == "green":
+        return Color.GREEN
+    return state.standby if low else None
+
+
 def choose(state: State, preview: str | None, bucket: int = 0) -> Color:
     """The colour for one request. `preview` is the preview header's or cookie's value, if any; `bucket` (0-99)
     is the request's sticky bucket, which matters only while the weight splits traffic.
 
-    `blue`/`green` pin that colour; any other non-empty value means "the one that is not live". Otherwise the
-    standby colour serves the buckets below the weight: raising the weight never moves a client back.
+    A preview wins; otherwise the standby colour serves the buckets below the weight: raising the weight never
+    moves a client back.
     """
-    if preview:
-        if preview == "blue":
-            return Color.BLUE
-        if preview == "green":
-            return Color.GREEN
-        low = preview.strip().lower()
-        if low == "blue":
-            return Color.BLUE
-        if low == "green":
-            return Color.GREEN
-        if low:
-            return state.standby
+    asked = preview_color(state, preview)
+    if asked is not None:
+        return asked
     return state.standby if bucket < state.weight else state.active
 
 
@@ -134,7 +144,9 @@ def shift(
     weight = check_weight(weight)
     if weight == state.weight and state.rollout is None and state.hold is None:
         return state
-    forced = gate(healthy, state.standby, force=force, doing="shift traffic to it") if weight else False
+    # Only more traffic to a colour that is down needs force: moving traffic off it is always allowed.
+    more = weight > state.weight
+    forced = gate(healthy, state.standby, force=force, doing="shift traffic to it") if more else False
     return revised(replace(state, weight=weight, rollout=None), now=now, source=source, reason=reason, forced=forced)
 
 

@@ -15,7 +15,7 @@ from typing import Protocol
 from ..core import buckets
 from ..core.model import MAX_WEIGHT, Color, State
 from ..core.preview import PreviewPolicy, cookie_value, forwarded_client
-from ..core.routing import choose
+from ..core.routing import choose, preview_color
 from .pool import UpstreamPool
 
 
@@ -54,9 +54,9 @@ class Chooser:
     ) -> tuple[UpstreamPool, bytes]:
         """The pool of the colour that serves this request, and the Set-Cookie line its response carries (or b"")."""
         if preview is not None or (cookie is not None and self.preview_bytes in cookie):
-            value = self._preview(preview, cookie, xff, peer)
-            if value:
-                return self.pools[choose(state, value)], b""
+            asked = preview_color(state, self._preview(preview, cookie, xff, peer))
+            if asked is not None:
+                return self.pools[asked], b""
         weight = state.weight
         if weight <= 0 or weight >= MAX_WEIGHT:
             return self.pools[choose(state, None, 0)], b""

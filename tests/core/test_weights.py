@@ -309,3 +309,20 @@ def test_event_names_every_kind_of_change() -> None:
         assert routing.event(old, new) == expected, (old, new)
     assert (stepped.weight, stepped.rollout.step if stepped.rollout else None) == (50, 1)
     assert (promoted.active, promoted.weight, promoted.rollout, promoted.source) == (GREEN, 0, None, "rollout")
+
+
+def test_lowering_the_weight_off_a_standby_that_is_down_needs_no_force() -> None:
+    """Moving traffic off a failing colour is the way out: only more traffic to it is gated."""
+    lowered = routing.shift(at(50), 10, source="admin", reason="", now=T + 1, healthy=GREEN_DOWN)
+    assert (lowered.weight, lowered.forced) == (10, False)
+    with pytest.raises(TargetDown):
+        routing.shift(at(10), 50, source="admin", reason="", now=T + 1, healthy=GREEN_DOWN)
+
+
+@pytest.mark.parametrize("blank", ["", " ", "\u00a0", "\t \u2003"])
+@pytest.mark.parametrize("weight", [0, 30, 100])
+def test_a_blank_preview_asks_for_no_colour_and_the_bucket_decides(blank: str, weight: int) -> None:
+    s = at(weight)
+    assert routing.preview_color(s, blank) is None
+    for bucket in range(BUCKETS):
+        assert routing.choose(s, blank, bucket) == (GREEN if bucket < weight else BLUE)

@@ -295,6 +295,16 @@ async def test_preview_wins_over_the_weight_both_ways(
         assert all(a.set_cookies == () for a in answers)  # a preview request is not given a bucket
 
 
+async def test_a_blank_preview_value_asks_for_nothing_and_the_bucket_decides(
+    start_proxy: StartProxy, session: aiohttp.ClientSession
+) -> None:
+    """A no-break space (0xA0, blank once decoded) is no preview: bucket 95 stays on blue, bucket 5 on green."""
+    admin = await shifted(start_proxy, session, 20)
+    ask = b"GET / HTTP/1.1\r\nHost: test\r\nX-Preview: \xa0\r\nCookie: bg-sticky=%d\r\n\r\n"
+    answers = await send_all(admin.app.port, [ask % 95, ask % 5], connections=1)
+    assert [a.color for a in answers] == ["blue", "green"]
+
+
 async def test_at_weight_0_ordinary_traffic_stays_on_the_active_colour_without_a_cookie(proxy: Bgproxy) -> None:
     answers = await send_all(proxy.port, [get()] * 20, connections=1)
     assert {a.color for a in answers} == {"blue"} and all(a.set_cookies == () for a in answers)

@@ -126,9 +126,12 @@ class Lane:
 
 # --- flips ------------------------------------------------------------------------------------------------
 
+SHIFTS = (0, 10, 30, 50, 90, 100)  # the weights a shift picks from
+
 
 class AdminFlip:
-    """POST /switch (to the other colour), /promote or /rollback on a random serving replica."""
+    """POST /switch (to the other colour), /promote, /rollback or /shift (a random weight) on a random serving
+    replica."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
@@ -151,6 +154,8 @@ class AdminFlip:
             body["to"] = target
         elif self.kind == "rollback":
             target = (states.get(m.name) or {}).get("previous")
+        elif self.kind == "shift":
+            body["weight"] = soak.rng.choice(SHIFTS)  # the standby colour (`target`) gets that share
         status, answer = await self._post(soak, m, body)
         if status == 409 and target is not None and soak.down_during(target, start, time.monotonic()):
             if soak.rng.random() < 0.5:
@@ -176,6 +181,52 @@ class AdminFlip:
                 return resp.status, await resp.json()
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             return None, f"{type(exc).__name__}: {exc}"
+
+
+class SteppedPromotion:
+    """POST /promote with steps of 1 s on a random serving replica, then wait until the plan has completed (or
+    ended otherwise): the state-change window covers every step, which the replicas' timers take on their own."""
+
+    name = "stepped promotion"
+
+    async def __call__(self, soak: Soak) -> Result:
+        members = soak.serving()
+        if not members:
+            return "skipped", "no serving replica"
+        m = soak.rng.choice(members)
+        return await soak.state_change(f"{self.name} on {m.name}", lambda: self._attempt(soak, m))
+
+    async def _attempt(self, soak: Soak, m: Member) -> Result:
+        steps = sorted(soak.rng.sample([5, 10, 25, 50, 75, 100], k=soak.rng.randint(1, 4)))
+        start = time.monotonic()
+        states = await soak.cluster.states()
+        current = (states.get(m.name) or {}).get("active")
+        target = next(iter(COLOURS - {current})) if current in COLOURS else None
+        body = {"steps": steps, "interval": 1, "reason": f"soak steps {steps} at {soak.cluster.rel():.1f}s"}
+        url = f"http://127.0.0.1:{m.replica.admin_port}/promote"
+        try:
+            async with soak.cluster.http.post(url, json=body, timeout=aiohttp.ClientTimeout(total=15)) as resp:
+                status, answer = resp.status, await resp.json()
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            status, answer = None, f"{type(exc).__name__}: {exc}"
+        end = time.monotonic()
+        if status == 409 and target is not None and soak.down_during(target, start, end):
+            return "refused", f"{m.name}: 409 for {target}, whose health is failing: {answer}"
+        if status == 503 and soak.api_down_during(start, end):
+            return "refused", f"{m.name}: 503 while the API server is down: {answer}"
+        if status is None and m.phases_during(start, end) & {"draining", "stopped"}:
+            return "refused", f"{m.name} is shutting down: {answer}"
+        if status != 200:
+            return "failed", f"{m.name}: {status} {answer}"
+        # Bounded: each step may be held by a health flap or an API server outage for a while.
+        deadline = time.monotonic() + len(steps) * 1.0 + 60.0
+        while time.monotonic() < deadline:
+            answering = [s for s in (await soak.cluster.states()).values() if s is not None]
+            if answering and all(s.get("rollout") is None for s in answering):
+                final = answering[0]
+                return "done", f"{m.name}: steps {steps}, now active {final.get('active')} weight {final.get('weight')}"
+            await asyncio.sleep(0.2)  # polling a bounded wait, not synchronisation
+        return "failed", f"{m.name}: steps {steps} still running after {len(steps) + 60}s"
 
 
 class KubectlFlip:
@@ -274,6 +325,8 @@ def lanes(*, duration: float, restart_every: float) -> list[Lane]:
         (AdminFlip("switch"), 3),
         (AdminFlip("promote"), 1),
         (AdminFlip("rollback"), 1),
+        (AdminFlip("shift"), 2),
+        (SteppedPromotion(), 1),
         (KubectlFlip(), 3),
     ]
     return [

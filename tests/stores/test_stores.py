@@ -286,7 +286,7 @@ async def test_every_flip_rewrites_the_file_atomically(tmp_path: Path, start_pro
             stored = read_state_file(path)  # valid JSON after each flip
             answer = json.loads(body)
             assert answer["store"] == {"backend": "file", "path": str(path)}
-            assert stored == {k: v for k, v in answer.items() if k not in ("backends", "store")}
+            assert stored == {k: v for k, v in answer.items() if k not in ("backends", "store", "auto_promote")}
             assert (stored["revision"], stored["reason"]) == (i, f"flip {i}")
             assert stored["active"] == ("blue" if i % 2 else "green")
             assert leftovers(tmp_path, "state.json") == []  # no temp files left behind

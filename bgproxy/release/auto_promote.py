@@ -9,8 +9,6 @@ changes nothing), so history shows one promotion. A person's change or an automa
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -22,6 +20,7 @@ from ..log import log
 from ..state import StateHolder
 from ..stores import StoreError
 from .checks import PromoteChecks
+from .clock import StateClock
 
 logger = logging.getLogger("bgproxy.release")
 POLL = 1.0  # seconds between two looks at the standby colour while a release waits
@@ -38,7 +37,7 @@ class Wait:
     blocked_by: str | None = None  # what failed at the last look
 
 
-class AutoPromoter:
+class AutoPromoter(StateClock):
     def __init__(
         self,
         holder: StateHolder,
@@ -49,27 +48,13 @@ class AutoPromoter:
         steps: Sequence[int] | None,
         interval: float,
     ) -> None:
-        self.holder = holder
+        super().__init__(holder, name="auto-promote", logger=logger, retry=POLL)
         self.healthy = healthy
         self.checks = checks
         self.after = after
         self.steps = steps
         self.interval = interval
         self._wait: Wait | None = None
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self.holder.listeners.append(self._changed)
-        self._task = asyncio.create_task(self._run(), name="bgproxy-auto-promote")
-
-    async def stop(self) -> None:
-        if self._changed in self.holder.listeners:
-            self.holder.listeners.remove(self._changed)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
     def view(self) -> dict[str, object] | None:
         """What /state shows as `auto_promote`: the wait, or None when no release waits."""
@@ -79,9 +64,6 @@ class AutoPromoter:
         due = wait.passing_since + self.after if wait.passing_since is not None else None
         return {"release": wait.release, "waiting_since": wait.since, "due_at": due, "blocked_by": wait.blocked_by}
 
-    def _changed(self, old: State, new: State, own: bool) -> None:
-        self._wake.set()
-
     def _current(self) -> Wait | None:
         """The wait for the release now waiting (a new one when the waiting release changed), or None."""
         state = self.holder.current
@@ -90,20 +72,6 @@ class AutoPromoter:
         elif self._wait is None or self._wait.revision != state.revision:
             self._wait = Wait(state.revision, state.release, time.time())
         return self._wait
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                delay = await self.tick()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a bug of ours must not stop every later auto-promotion of this replica
-                logger.exception("auto_promote_failed")
-                delay = POLL
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._wake.wait()
 
     async def tick(self) -> float | None:
         """One look at the standby colour, and the promotion once it has passed long enough. Returns how long to wait

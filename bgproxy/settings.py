@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from .core.checks import PromoteCheck, parse_checks
+from .core.checks import TOKEN, PromoteCheck, parse_checks
 from .core.model import Color, InvalidPlan, check_steps
 from .core.preview import IPNetwork, PreviewPolicy
 
@@ -122,7 +122,7 @@ def _networks(value: str) -> tuple[IPNetwork, ...]:
 
 
 def _header_name(value: str) -> str:
-    if value and not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", value):
+    if value and not re.fullmatch(TOKEN, value):
         raise ValueError(f"expected an HTTP header name (letters, digits, '-'), got {value!r}")
     return value
 
@@ -132,7 +132,7 @@ def _optional_cookie_name(value: str) -> str:
 
 
 def _cookie_name(value: str) -> str:
-    if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", value):
+    if not re.fullmatch(TOKEN, value):
         raise ValueError(f"expected a cookie name (letters, digits, '-', '_'), got {value!r}")
     return value
 

@@ -19,7 +19,8 @@ MAX_CHECKS = 20  # entries of one list: each runs before every promotion (and ev
 MAX_TIMEOUT = 60.0  # seconds one check may take
 BODY_SHOWN = 120  # characters of an answer's body quoted when it failed
 
-HeaderName = Annotated[str, Field(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$", max_length=256)]
+TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # RFC 9110's token: a header name, a cookie name
+HeaderName = Annotated[str, Field(pattern=f"^{TOKEN}$", max_length=256)]
 HeaderValue = Annotated[str, Field(pattern=r"^[^\r\n\x00]*$", max_length=8192)]
 
 

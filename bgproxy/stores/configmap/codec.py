@@ -57,13 +57,12 @@ class Desired:
     def held_by(self, state: State) -> bool:
         """`state` already is what these keys ask for, so there is no edit to apply: it serves them (a stepped
         promotion writes its weight), or it holds traffic off exactly them (an automatic rollback refused them)."""
-        if state.hold is not None:
-            return state.hold.asks(self.active, self.weight, self.release)
-        return (state.active, state.weight, state.release) == (self.active, self.weight, self.release)
+        return _asked(state) == (self.active, self.weight, self.release)
 
 
 def _asked(state: State) -> tuple[Color, int, str | None]:
-    """What the people's keys say of `state`: what it serves or, while a hold is set, what was refused."""
+    """What the people's keys say of `state`: what it serves or, while a hold is set, what was refused (what
+    `Hold.asks` compares with)."""
     if state.hold is not None:
         return state.hold.active, state.hold.weight, state.hold.release
     return state.active, state.weight, state.release

@@ -254,7 +254,8 @@ ROUTES: tuple[Route, ...] = (
     post("/resume", "Continue a paused stepped promotion (409 when none is paused)", ReasonBody, resume),
     post(
         "/abort",
-        "All ordinary traffic back to the active colour and the stepped promotion ended (409 when nothing to abort)",
+        "All ordinary traffic back to the active colour and the stepped promotion ended, or an auto-promotion's wait "
+        "(409 when nothing to abort)",
         ReasonBody,
         abort,
     ),

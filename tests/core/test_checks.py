@@ -9,7 +9,7 @@ import pytest
 
 from bgproxy.core import rollout, routing
 from bgproxy.core.checks import MAX_CHECKS, PromoteCheck, parse_checks, skipped
-from bgproxy.core.model import Color, Hold, Rollout, State, TargetDown
+from bgproxy.core.model import Color, Hold, NothingRunning, Rollout, State, TargetDown
 
 BLUE, GREEN = Color.BLUE, Color.GREEN
 
@@ -139,6 +139,14 @@ NOTHING_WAITS = [
 @pytest.mark.parametrize(("state", "revision"), [r[1:] for r in NOTHING_WAITS], ids=[r[0] for r in NOTHING_WAITS])
 def test_nothing_is_promoted_when_nothing_waits_for_it(state: State, revision: int) -> None:
     assert promote(state, revision=revision) is state
+
+
+def test_an_abort_ends_the_wait_and_with_nothing_waiting_there_is_nothing_to_abort() -> None:
+    aborted = routing.abort(WAITING, source="admin", reason="not this one", now=12.0)
+    assert (aborted.release_pending, aborted.release, aborted.weight, aborted.active) == (False, "v43", 0, BLUE)
+    assert routing.event(WAITING, aborted) == "aborted" and not rollout.waiting(aborted)
+    with pytest.raises(NothingRunning):
+        routing.abort(aborted, source="admin", reason="", now=13.0)
 
 
 def test_a_standby_that_went_down_is_not_auto_promoted() -> None:

@@ -175,10 +175,17 @@ async def test_a_person_taking_over_ends_the_wait(start_proxy: StartProxy, http:
     assert shifted["release_pending"] is False and shifted["auto_promote"] is None
     aborted = await call(http, app, "/abort")
     assert aborted["weight"] == 0 and aborted["release_pending"] is False and aborted["auto_promote"] is None
-    # A new release waits again; a manual promote then takes it, and nothing is promoted twice.
+    # A new release waits again; an abort ends that wait too (no traffic moves).
     await call(http, app, "/release", release="v44")
+    aborted = await call(http, app, "/abort", reason="not v44")
+    assert (aborted["release"], aborted["release_pending"], aborted["auto_promote"]) == ("v44", False, None)
+    assert (aborted["active"], aborted["weight"]) == ("blue", 0)
+    # Another one; a manual promote takes it, and nothing is promoted twice.
+    await call(http, app, "/release", release="v45")
     promoted = await call(http, app, "/promote", reason="by hand")
     assert (promoted["active"], promoted["source"], promoted["auto_promote"]) == ("green", "admin", None)
+    events = [e["event"] for e in (await call(http, app, "/history"))["history"]]
+    assert events == ["switch", "release", "aborted", "release", "aborted", "shift", "release"]
 
 
 async def test_without_auto_promote_after_a_release_only_waits(

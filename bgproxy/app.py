@@ -20,6 +20,8 @@ from .dataplane import ProxyServer
 from .health import HealthChecker
 from .log import log
 from .metrics import Metrics
+from .release.auto_promote import AutoPromoter
+from .release.checks import PromoteChecks
 from .release.steps import StepTimer
 from .settings import ENV_PREFIX, Address, Settings
 from .state import StateHolder
@@ -51,6 +53,17 @@ class Bgproxy:
         self.holder = StateHolder(self.store, self.metrics, initial_active=settings.initial_active)
         self.health = HealthChecker(settings, self.metrics)
         self.steps = StepTimer(self.holder, self.metrics.healthy)
+        self.checks = PromoteChecks(settings.promote_checks, settings.upstreams())
+        self.auto_promote: AutoPromoter | None = None
+        if settings.auto_promote_after is not None:
+            self.auto_promote = AutoPromoter(
+                self.holder,
+                self.metrics.healthy,
+                self.checks,
+                after=settings.auto_promote_after,
+                steps=settings.auto_promote_steps,
+                interval=settings.auto_promote_interval,
+            )
         self.proxy: ProxyServer | None = None
         self.draining = False
         self._admin_runner: web.AppRunner | None = None
@@ -63,7 +76,9 @@ class Bgproxy:
     async def start(self) -> None:
         s = self.settings
         _raise_open_files_limit(s.max_connections)
-        admin = build_admin_app(s, self.holder, self.metrics, self.ready)
+        await self.checks.start()
+        view = self.auto_promote.view if self.auto_promote is not None else lambda: None
+        admin = build_admin_app(s, self.holder, self.metrics, self.ready, checks=self.checks, auto_promote=view)
         self._admin_runner = web.AppRunner(admin, access_log=None, handle_signals=False)
         await self._admin_runner.setup()
         self._admin_site = web.TCPSite(self._admin_runner, s.admin_listen.host, s.admin_listen.port, reuse_address=True)
@@ -75,6 +90,8 @@ class Bgproxy:
         self._follow = asyncio.create_task(self._follow_store(), name="bgproxy-follow-store")
         await self.health.start()
         self.steps.start()
+        if self.auto_promote is not None:
+            self.auto_promote.start()
         proxy = ProxyServer(s, self.holder, self.metrics, on_health=self.health.passive)
         try:
             await proxy.start()
@@ -127,6 +144,8 @@ class Bgproxy:
 
     async def stop(self) -> None:
         await self.steps.stop()
+        if self.auto_promote is not None:
+            await self.auto_promote.stop()
         if self._follow is not None:
             self._follow.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -137,6 +156,7 @@ class Bgproxy:
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
         await self.store.close()
+        await self.checks.close()
         if self.proxy is not None:  # a start that failed says so in one line (the CLI's), without a log of this
             log(logger, "stopped")
 

@@ -1,5 +1,5 @@
 """Command line: `bgproxy serve | demo`, and the admin API's client: `status | switch COLOUR | promote [--steps ...] |
-shift WEIGHT | pause | resume | abort | rollback`.
+shift WEIGHT | pause | resume | abort | rollback | release VERSION`.
 
 Flags mirror the settings (`--blue-url` for BGPROXY_BLUE_URL, ...) and win over the environment. Every
 failure is one line on stderr, never a traceback: exit 2 when nothing could be done (a bad setting, an address
@@ -65,19 +65,22 @@ def build_parser() -> argparse.ArgumentParser:
         ("resume", "continue a paused stepped promotion"),
         ("abort", "all ordinary traffic back to the active colour, the stepped promotion ended"),
         ("rollback", "make the previous colour active again (during a shift or steps: abort)"),
+        ("release", "record the release now deployed on the standby colour (auto-promotion may then promote it)"),
     ):
         p = sub.add_parser(name, help=help_text)
         if name == "switch":
             p.add_argument("color", metavar="COLOUR", help="blue or green")
         if name == "shift":
             p.add_argument("weight", metavar="WEIGHT", type=_weight, help="0-100")
+        if name == "release":
+            p.add_argument("release", metavar="VERSION", help="its label: v43, an image tag")
         if name == "promote":
             p.add_argument("--steps", type=_steps, default=None, help="weights to go through, e.g. 10,50,100")
             p.add_argument("--interval", type=float, default=None, help="seconds each step holds (default 60)")
         if name != "status":
             p.add_argument("--reason", default="", help="recorded in the history")
         if name in ("switch", "promote", "shift", "rollback"):
-            p.add_argument("--force", action="store_true", help="even to a colour failing its health checks")
+            p.add_argument("--force", action="store_true", help="past failing health or pre-promotion checks")
         _settings_flags(p, only=("admin_url", "admin_token"))
         p.add_argument("--token", dest="admin_token", default=None, help="same as --admin-token")
     return parser
@@ -164,6 +167,8 @@ def _admin_call(args: argparse.Namespace, settings: Settings) -> int:
             body["to"] = args.color
         elif args.command == "shift":
             body["weight"] = args.weight
+        elif args.command == "release":
+            body["release"] = args.release
         elif args.command == "promote":
             if args.steps is not None:
                 body["steps"] = args.steps

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .core.checks import TOKEN, PromoteCheck, parse_checks
 from .core.model import Color, InvalidPlan, check_steps
 from .core.preview import IPNetwork, PreviewPolicy
 
@@ -121,7 +122,7 @@ def _networks(value: str) -> tuple[IPNetwork, ...]:
 
 
 def _header_name(value: str) -> str:
-    if value and not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", value):
+    if value and not re.fullmatch(TOKEN, value):
         raise ValueError(f"expected an HTTP header name (letters, digits, '-'), got {value!r}")
     return value
 
@@ -131,7 +132,7 @@ def _optional_cookie_name(value: str) -> str:
 
 
 def _cookie_name(value: str) -> str:
-    if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", value):
+    if not re.fullmatch(TOKEN, value):
         raise ValueError(f"expected a cookie name (letters, digits, '-', '_'), got {value!r}")
     return value
 
@@ -168,6 +169,15 @@ def _secret_file(path: Path, field: str) -> SecretStr:
     if not secret:
         raise ValueError(f"{field}: {path} is empty")
     return SecretStr(secret)
+
+
+def _checks_file(path: Path) -> tuple[PromoteCheck, ...]:
+    try:
+        return parse_checks(path.read_text())
+    except OSError as exc:
+        raise ValueError(f"promote_checks_file: cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ValueError(f"promote_checks_file: {path}: {exc}") from None
 
 
 AddressField = Annotated[Address, AfterValidator(_address)]
@@ -248,6 +258,7 @@ class Settings(BaseSettings):
     idle_timeout: Seconds = 60.0
     """Seconds a keep-alive client may stay idle between requests."""
     max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 10000
+    """Client connections held at once; beyond it new ones are closed at once."""
     analysis_enabled: bool = True
     """Judge the colour getting new traffic by its live figures and roll back on a breach (automatic rollback)."""
     analysis_window: Annotated[float, Field(ge=5, le=3600)] = 30.0
@@ -268,6 +279,10 @@ class Settings(BaseSettings):
     """Steps of the automatic promotion (10,50,100); unset: an instant promote."""
     auto_promote_interval: Annotated[float, Field(ge=1, le=86400)] = 60.0
     """Seconds each step of the automatic promotion holds."""
+    promote_checks: Annotated[tuple[PromoteCheck, ...], NoDecode] = ()
+    """Pre-promotion checks (a JSON list) run against a colour before it gets traffic: a promote, a shift from 0."""
+    promote_checks_file: Path | None = None
+    """Read the pre-promotion checks from this file (a mounted ConfigMap) instead."""
     drained_after: Annotated[float, Field(ge=0, le=86400)] = 10.0
     """Quiet seconds (no live request or websocket in flight) before a colour without traffic counts as drained."""
     webhook_urls: Annotated[tuple[str, ...], NoDecode] = ()
@@ -278,7 +293,6 @@ class Settings(BaseSettings):
     """Read the webhook secret from this file (a mounted Secret) instead."""
     webhook_timeout: Annotated[float, Field(gt=0, le=300)] = 5.0
     """Seconds each webhook delivery may take."""
-    """Client connections held at once; beyond it new ones are closed at once."""
 
     @model_validator(mode="before")
     @classmethod
@@ -305,6 +319,11 @@ class Settings(BaseSettings):
                     raise ValueError(f"preview_allow: {exc}") from None
             if isinstance(data.get("auto_promote_steps"), str):
                 data["auto_promote_steps"] = _steps_setting(data["auto_promote_steps"])
+            if isinstance(data.get("promote_checks"), str):
+                try:
+                    data["promote_checks"] = parse_checks(data["promote_checks"]) if data["promote_checks"] else ()
+                except ValueError as exc:
+                    raise ValueError(f"promote_checks: {exc}") from None
             if isinstance(data.get("webhook_urls"), str):
                 try:
                     data["webhook_urls"] = _urls(data["webhook_urls"])
@@ -320,6 +339,7 @@ class Settings(BaseSettings):
                 "auto_promote_after",
                 "webhook_secret",
                 "webhook_secret_file",
+                "promote_checks_file",
             ):
                 if data.get(key) == "":
                     data[key] = None
@@ -331,6 +351,10 @@ class Settings(BaseSettings):
             self.admin_token = _secret_file(self.admin_token_file, "admin_token_file")
         if self.webhook_secret_file is not None:
             self.webhook_secret = _secret_file(self.webhook_secret_file, "webhook_secret_file")
+        if self.promote_checks_file is not None:
+            if self.promote_checks:
+                raise ValueError("promote_checks_file: set it or BGPROXY_PROMOTE_CHECKS, not both")
+            self.promote_checks = _checks_file(self.promote_checks_file)
         if self.webhook_secret is not None and not self.webhook_secret.get_secret_value():
             self.webhook_secret = None
         if self.admin_token is not None and not self.admin_token.get_secret_value():

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
 
 from ..metrics import Metrics
+from ..release.checks import PromoteChecks
 from ..settings import Settings
 from ..state import StateHolder
 
@@ -17,3 +18,6 @@ SETTINGS = web.AppKey("settings", Settings)
 ReadyCheck = Callable[[], bool]
 READY: web.AppKey[ReadyCheck] = web.AppKey("ready")
 OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi")
+CHECKS = web.AppKey("checks", PromoteChecks)
+AutoPromoteStatus = Callable[[], Mapping[str, object] | None]  # the wait of an auto-promotion, None when none
+AUTO_PROMOTE: web.AppKey[AutoPromoteStatus] = web.AppKey("auto_promote")

@@ -16,12 +16,13 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from ..core import rollout, routing
+from ..core.checks import ChecksFailed, skipped
 from ..core.model import Color, Health, InvalidPlan, RoutingError, State
 from ..log import log
 from ..metrics import CONTENT_TYPE
 from ..stores import StoreError
 from .body import read_body
-from .keys import HOLDER, METRICS, OPENAPI, READY, SETTINGS
+from .keys import AUTO_PROMOTE, CHECKS, HOLDER, METRICS, OPENAPI, READY, SETTINGS
 from .middleware import Handler, error
 from .schemas import (
     BackendView,
@@ -29,6 +30,7 @@ from .schemas import (
     HistoryView,
     PromoteBody,
     ReasonBody,
+    ReleaseBody,
     RequestBody,
     ShiftBody,
     StateView,
@@ -56,6 +58,7 @@ def state_view(request: web.Request) -> StateView:
             **holder.current.to_dict(),
             "store": StoreView.model_validate(holder.store.describe()),
             "backends": {c: BackendView(url=urls[c].url, healthy=metrics.healthy[c]) for c in Color},
+            "auto_promote": request.app[AUTO_PROMOTE](),
         }
     )
 
@@ -92,8 +95,16 @@ class Decide(Protocol[Body_contra]):
     def __call__(self, state: State, body: Body_contra, *, now: float, healthy: Health) -> State: ...
 
 
-def mutation(model: type[Body], decide: Decide[Body]) -> Handler:
-    """The handler of one mutating call: its body as `model`, its decision through the holder, the new state."""
+class Receiver(Protocol[Body_contra]):
+    """The colour a mutating call is about to send traffic to (a promote, a shift from 0), whose pre-promotion
+    checks must pass first; None when the call sends none there."""
+
+    def __call__(self, state: State, body: Body_contra) -> Color | None: ...
+
+
+def mutation(model: type[Body], decide: Decide[Body], receives: Receiver[Body] | None = None) -> Handler:
+    """The handler of one mutating call: its body as `model`, the pre-promotion checks of the colour it sends traffic
+    to (unless forced), its decision through the holder, the new state."""
 
     async def handler(request: web.Request) -> web.Response:
         body = await read_body(request, model)  # BadBody: 400, by the middleware
@@ -101,11 +112,25 @@ def mutation(model: type[Body], decide: Decide[Body]) -> Handler:
         if not holder.loaded:
             return error(503, "not ready: the state is still being loaded from the store; try again shortly")
         healthy = request.app[METRICS].healthy
+        checks = request.app[CHECKS]
         before = holder.current
+        target = receives(before, body) if receives is not None and checks.configured else None
+
+        def decided(state: State) -> State:
+            if receives is not None and target is not None and receives(state, body) not in (None, target):
+                raise RoutingError(f"the state changed while the checks of {target.value} ran; try again")
+            new = decide(state, body, now=time.time(), healthy=healthy)
+            return skipped(state, new) if target is not None and body.force else new
+
         try:
-            after = await holder.change(lambda state: decide(state, body, now=time.time(), healthy=healthy))
+            # A colour that is down is refused by the decision itself, sooner than a check could time out.
+            if target is not None and not body.force and healthy[target]:
+                await checks.verify(target)
+            after = await holder.change(decided)
         except InvalidPlan as exc:
             return error(400, str(exc))
+        except ChecksFailed as exc:
+            return error(409, f'{exc}; fix it, or send "force": true to skip the checks')
         except RoutingError as exc:
             return error(409, str(exc))
         except StoreError as exc:
@@ -113,6 +138,8 @@ def mutation(model: type[Body], decide: Decide[Body]) -> Handler:
             return error(503, f"the state store refused the change, nothing was switched: {exc}")
         if after is before:
             log(logger, "flip_noop", path=request.path, active=after.active.value)
+        elif target is not None and body.force:
+            log(logger, "promote_checks_skipped", level=logging.WARNING, path=request.path, color=target.value)
         return answer(state_view(request))
 
     return handler
@@ -140,6 +167,22 @@ def shift(state: State, body: ShiftBody, *, now: float, healthy: Health) -> Stat
     return routing.shift(
         state, body.weight, source="admin", reason=body.reason, now=now, healthy=healthy, force=body.force
     )
+
+
+def release(state: State, body: ReleaseBody, *, now: float, healthy: Health) -> State:
+    return routing.set_release(state, body.release, source="admin", reason=body.reason, now=now)
+
+
+def to_standby(state: State, body: RequestBody) -> Color | None:
+    return state.standby
+
+
+def switch_receives(state: State, body: SwitchBody) -> Color | None:
+    return body.to if body.to is not state.active else None
+
+
+def shift_receives(state: State, body: ShiftBody) -> Color | None:
+    return state.standby if state.weight == 0 and body.weight > 0 else None
 
 
 def pause(state: State, body: ReasonBody, *, now: float, healthy: Health) -> State:
@@ -172,18 +215,27 @@ class Route:
     also: tuple[tuple[int, str, type[BaseModel]], ...] = ()  # other documented answers besides the usual errors
 
 
-def post(path: str, summary: str, model: type[Body], decide: Decide[Body]) -> Route:
-    return Route("POST", path, summary, mutation(model, decide), StateView, body=model)
+def post(
+    path: str, summary: str, model: type[Body], decide: Decide[Body], receives: Receiver[Body] | None = None
+) -> Route:
+    return Route("POST", path, summary, mutation(model, decide, receives), StateView, body=model)
 
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/state", "The routing state", get_state, StateView),
-    post("/switch", "Make the named colour active (no change if it already is)", SwitchBody, switch),
+    post(
+        "/switch",
+        "Make the named colour active (no change if it already is)",
+        SwitchBody,
+        switch,
+        switch_receives,
+    ),
     post(
         "/promote",
         "Make the standby colour active, at once or (with steps) through a stepped promotion",
         PromoteBody,
         promote,
+        to_standby,
     ),
     post(
         "/rollback",
@@ -196,14 +248,22 @@ ROUTES: tuple[Route, ...] = (
         "Send a percent of ordinary traffic to the standby colour (ends a stepped promotion)",
         ShiftBody,
         shift,
+        shift_receives,
     ),
     post("/pause", "Hold the stepped promotion at its current step (409 when none runs)", ReasonBody, pause),
     post("/resume", "Continue a paused stepped promotion (409 when none is paused)", ReasonBody, resume),
     post(
         "/abort",
-        "All ordinary traffic back to the active colour and the stepped promotion ended (409 when nothing to abort)",
+        "All ordinary traffic back to the active colour and the stepped promotion ended, or an auto-promotion's wait "
+        "(409 when nothing to abort)",
         ReasonBody,
         abort,
+    ),
+    post(
+        "/release",
+        "Record the release now deployed on the standby colour (with AUTO_PROMOTE_AFTER, it is then auto-promoted)",
+        ReleaseBody,
+        release,
     ),
     Route("GET", "/history", "The recent switches, newest first", get_history, HistoryView),
     Route("GET", "/healthz", "Liveness", healthz, StatusView),

@@ -7,12 +7,24 @@ A new mutating call is one `RequestBody` subclass here and one route in `routes.
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from ..core.model import MAX_INTERVAL, MAX_REASON, MAX_STEPS, MAX_WEIGHT, MIN_INTERVAL, Color
+from ..core.model import (
+    MAX_INTERVAL,
+    MAX_REASON,
+    MAX_RELEASE,
+    MAX_STEPS,
+    MAX_WEIGHT,
+    MIN_INTERVAL,
+    RELEASE_PATTERN,
+    Color,
+    InvalidPlan,
+    check_release,
+)
 from ..state import HISTORY_SIZE
 
 # A colour as people type it: case and surrounding spaces do not matter; the error names the accepted values.
@@ -32,7 +44,11 @@ class RequestBody(BaseModel):
         str, Field(max_length=MAX_REASON, description="why, for the history, the logs and the people who read them")
     ] = ""
     force: Annotated[
-        bool, Field(description="flip even to a colour failing its health checks (recorded as forced)")
+        bool,
+        Field(
+            description="flip even to a colour failing its health checks, and skip the pre-promotion checks "
+            "(recorded as forced)"
+        ),
     ] = False
 
 
@@ -119,6 +135,33 @@ class ReasonBody(RequestBody):
     misplaced: ClassVar[Mapping[str, str]] = {"to": "use /switch", "weight": "use /shift", "steps": "use /promote"}
 
 
+def _release(value: str) -> str:
+    try:
+        check_release(value)
+    except InvalidPlan:
+        raise ValueError(
+            f"expected a label such as v43 or an image tag (visible ASCII, no spaces), got {reprlib.repr(value)}"
+        ) from None
+    return value
+
+
+class ReleaseBody(RequestBody):
+    """The body of `/release`: the release now deployed on the standby colour."""
+
+    misplaced: ClassVar[Mapping[str, str]] = {"to": "use /switch", "weight": "use /shift", "steps": "use /promote"}
+
+    release: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=MAX_RELEASE,
+            description="its label: v43, an image tag (visible ASCII, no spaces)",
+            json_schema_extra={"pattern": RELEASE_PATTERN},  # checked by check_release, in words a person can act on
+        ),
+        AfterValidator(_release),
+    ]
+
+
 class ResponseBody(BaseModel):
     """An answer's body; unknown fields are refused so that the document cannot fall behind what is served."""
 
@@ -164,6 +207,21 @@ class HoldView(ResponseBody):
     since: float = Field(description="seconds since the epoch")
 
 
+class AutoPromoteView(ResponseBody):
+    """An auto-promotion waiting: the standby colour must stay healthy and pass its checks until `due_at`."""
+
+    release: str | None = Field(description="the release waiting on the standby colour")
+    waiting_since: float = Field(description="when this replica began waiting for it, seconds since the epoch")
+    due_at: float | None = Field(
+        description="when it is promoted if the standby colour keeps passing (a failure restarts the wait); null while "
+        "blocked, and until the first round of checks has passed"
+    )
+    blocked_by: str | None = Field(
+        description="why it is not counting: the standby colour is down, or which pre-promotion check failed and what "
+        "came back; null while it passes"
+    )
+
+
 class StateView(ResponseBody):
     """The routing state, the store it lives in and each colour's upstream."""
 
@@ -173,7 +231,8 @@ class StateView(ResponseBody):
     revision: int = Field(ge=0, description="one more on every flip")
     updated_at: float = Field(description="seconds since the epoch")
     source: str = Field(
-        description="who made the last change: initial, admin, file, configmap, restore, rollout (a step's timer)"
+        description="who made the last change: initial, admin, file, configmap, restore, rollout (a step's timer), "
+        "analysis (an automatic rollback), auto (an auto-promotion)"
     )
     reason: str
     forced: bool = Field(description="the last change overrode a failing health check")
@@ -186,6 +245,9 @@ class StateView(ResponseBody):
         "a rollback"
     )
     hold: HoldView | None = Field(description="set while an automatic rollback keeps traffic off what the store asks")
+    auto_promote: AutoPromoteView | None = Field(
+        description="the auto-promotion this replica waits to make (AUTO_PROMOTE_AFTER), else null"
+    )
     store: StoreView
     backends: dict[Color, BackendView]
 

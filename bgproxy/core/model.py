@@ -7,6 +7,7 @@ from __future__ import annotations
 import enum
 import itertools
 import math
+import re
 import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ MAX_WEIGHT = 100  # the weight is a percent of ordinary traffic
 MAX_STEPS = 20  # steps of one stepped promotion
 MIN_INTERVAL, MAX_INTERVAL = 1.0, 86400.0  # seconds each step holds: at least a second, at most a day
 MAX_RELEASE = 253  # characters of a release label (an image tag is at most 128; a digest reference fits too)
+RELEASE_PATTERN = r"^[!-~]+$"  # visible ASCII, no spaces: v43, an image tag or digest reference, a Git commit
 
 
 class Color(enum.StrEnum):
@@ -261,17 +263,12 @@ def check_weight(value: object) -> int:
 
 
 def check_release(value: object) -> str | None:
-    """A release label (an image tag, a version): printable, no spaces, at most MAX_RELEASE characters; None: none."""
+    """A release label (an image tag, a version): RELEASE_PATTERN, at most MAX_RELEASE characters; None: none."""
     if value is None:
         return None
-    if (
-        not isinstance(value, str)
-        or not 1 <= len(value) <= MAX_RELEASE
-        or not value.isprintable()
-        or any(c.isspace() for c in value)
-    ):
+    if not isinstance(value, str) or len(value) > MAX_RELEASE or not re.fullmatch(RELEASE_PATTERN, value):
         raise InvalidPlan(
-            f"'release' must be a label such as v43 or an image tag (1-{MAX_RELEASE} printable characters, no "
+            f"'release' must be a label such as v43 or an image tag (1-{MAX_RELEASE} visible ASCII characters, no "
             f"spaces), got {reprlib.repr(value)}"
         )
     return value

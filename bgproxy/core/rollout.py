@@ -15,6 +15,7 @@ from . import routing
 from .model import Health, NothingRunning, Rollout, RoutingError, State, check_interval, check_steps
 
 SOURCE = "rollout"  # the source of the steps the timer takes, and of the promote that ends them
+AUTO = "auto"  # the source of an auto-promotion (instant, or the start of its stepped promotion)
 
 
 def start(
@@ -66,6 +67,31 @@ def advance(state: State, *, now: float, healthy: Health | None = None) -> State
         reason=f"step {step + 1} of {len(rollout.steps)}: {rollout.steps[step]}% ({_plan(rollout)})",
         forced=False,
     )
+
+
+def waiting(state: State) -> bool:
+    """A new release waits on the standby colour for a promotion (auto-promotion may make it): recorded while no
+    traffic was split, and nothing since (a person's change, an automatic rollback) has ended the wait."""
+    return state.release_pending and state.hold is None and not state.split
+
+
+def auto_promote(
+    state: State,
+    *,
+    revision: int,
+    steps: Sequence[int] | None,
+    interval: float,
+    reason: str,
+    now: float,
+    healthy: Health | None = None,
+) -> State:
+    """Promote the release that waited since `revision` (stepped when `steps`), source `auto`. Unchanged when it no
+    longer waits: another replica promoted it first, or a person or a newer release ended the wait."""
+    if not waiting(state) or state.revision != revision:
+        return state
+    if steps:
+        return start(state, steps, interval, source=AUTO, reason=reason, now=now, healthy=healthy)
+    return routing.promote(state, source=AUTO, reason=reason, now=now, healthy=healthy)
 
 
 def pause(state: State, *, source: str, reason: str, now: float) -> State:

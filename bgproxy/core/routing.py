@@ -151,8 +151,9 @@ def shift(
 
 
 def abort(state: State, *, source: str, reason: str, now: float) -> State:
-    """All ordinary traffic back to the active colour at once, and the stepped promotion (if any) ended."""
-    if not state.split:
+    """All ordinary traffic back to the active colour at once, and the stepped promotion (if any) ended. With no
+    traffic split, it ends an auto-promotion's wait for the release on the standby colour."""
+    if not state.split and not state.release_pending:
         raise NothingRunning(
             f"nothing to abort: no shift or stepped promotion is running, {state.active.value} serves all traffic"
         )
@@ -185,6 +186,6 @@ def event(old: State, new: State) -> str:
         if new.rollout.paused != old.rollout.paused:
             return "paused" if new.rollout.paused else "resumed"
         return "step"
-    if old.split and not new.split:
+    if (old.split and not new.split) or (old.release_pending and not new.release_pending and not new.split):
         return "aborted"
     return "shift"

@@ -6,8 +6,6 @@ goes on; a store that cannot be written holds the step until it can.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -17,47 +15,17 @@ from ..core.model import Color, State
 from ..log import log
 from ..state import StateHolder
 from ..stores import StoreError
+from .clock import StateClock
 
 logger = logging.getLogger("bgproxy.release")
 RETRY = 1.0  # seconds: a step that could not be written (store away, standby down) is tried again this often
 
 
-class StepTimer:
+class StepTimer(StateClock):
     def __init__(self, holder: StateHolder, healthy: Mapping[Color, bool]) -> None:
-        self.holder = holder
+        super().__init__(holder, name="step-timer", logger=logger, retry=RETRY)
         self.healthy = healthy
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._held: tuple[int, int] | None = None  # (revision, step) of a due step held back: warned about once
-
-    def start(self) -> None:
-        self.holder.listeners.append(self._changed)
-        self._task = asyncio.create_task(self._run(), name="bgproxy-step-timer")
-
-    async def stop(self) -> None:
-        if self._changed in self.holder.listeners:
-            self.holder.listeners.remove(self._changed)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    def _changed(self, old: State, new: State, own: bool) -> None:
-        self._wake.set()
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                delay = await self.tick()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a bug of ours must not stop every rollout of this replica for good
-                logger.exception("step_timer_failed")
-                delay = RETRY
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._wake.wait()
 
     async def tick(self) -> float | None:
         """One attempt: take the step if it is due. Returns how long to wait before the next look (None: until the

@@ -29,13 +29,14 @@ PATHS = {
     "/pause",
     "/resume",
     "/abort",
+    "/release",
     "/history",
     "/healthz",
     "/readyz",
     "/metrics",
     "/openapi.json",
 }
-MUTATING = ("/switch", "/promote", "/rollback", "/shift", "/pause", "/resume", "/abort")
+MUTATING = ("/switch", "/promote", "/rollback", "/shift", "/pause", "/resume", "/abort", "/release")
 TOKEN = "s3cret-admin-token"
 
 

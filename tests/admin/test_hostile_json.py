@@ -165,8 +165,11 @@ def valid_objects(model: type[RequestBody]) -> st.SearchStrategy[dict[str, Any]]
             return st.one_of([of(option) for option in prop["anyOf"]])
         kind = prop.get("type")
         if kind == "string":
+            low, high = prop.get("minLength", 0), min(prop.get("maxLength", 40), 40)
+            if "pattern" in prop:  # the pattern decides the letters (a release label: visible ASCII)
+                return st.from_regex(prop["pattern"], fullmatch=True).filter(lambda t: low <= len(t) <= high)
             letters = st.characters(exclude_categories=["Cs"]) | ODD
-            return st.text(letters, min_size=prop.get("minLength", 0), max_size=min(prop.get("maxLength", 40), 40))
+            return st.text(letters, min_size=low, max_size=high)
         if kind == "boolean":
             return st.booleans()
         if kind == "integer":

@@ -207,6 +207,7 @@ def test_a_state_with_a_null_previous_matches_the_document(admin_base: str) -> N
         **initial_state(Color.BLUE, now=1.0).to_dict(),
         "store": {"backend": "memory"},
         "backends": {c.value: {"url": "http://127.0.0.1:1", "healthy": True} for c in Color},
+        "auto_promote": None,
     }
     assert initial["previous"] is None
     validator.validate(initial)

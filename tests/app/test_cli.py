@@ -88,6 +88,20 @@ async def test_switch_promote_rollback(proxy: Bgproxy, capsys: pytest.CaptureFix
     assert await state_of(proxy) == json.loads(out)
 
 
+async def test_release_records_the_release_on_the_standby_colour(
+    proxy: Bgproxy, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = admin_url(proxy)
+    code, out, err = await run_cli(capsys, "release", "v43", "--reason", "image 1.43.0", "--admin-url", url)
+    assert (code, err) == (0, "")
+    printed = json.loads(out)
+    assert (printed["release"], printed["release_pending"], printed["reason"]) == ("v43", True, "image 1.43.0")
+    assert (printed["active"], printed["weight"]) == ("blue", 0) and await served_by(proxy) == "blue"
+    code, out, err = await run_cli(capsys, "release", "v 44", "--admin-url", url)
+    assert (code, out) == (1, "")
+    assert "400" in err and "'release': expected a label such as v43" in err
+
+
 async def test_admin_url_from_the_environment(
     proxy: Bgproxy, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -142,6 +142,34 @@ CASES: list[Case] = [
     ("sticky-cookie-semicolon", {"BGPROXY_STICKY_COOKIE": "bg;sticky"}, [], "BGPROXY_STICKY_COOKIE", "cookie name"),
     ("sticky-cookie-space-flag", {}, ["--sticky-cookie", "bg sticky"], "BGPROXY_STICKY_COOKIE", "cookie name"),
     ("sticky-header-colon", {"BGPROXY_STICKY_HEADER": "X-User:"}, [], "BGPROXY_STICKY_HEADER", "header name"),
+    (
+        "promote-checks-entry",
+        {"BGPROXY_PROMOTE_CHECKS": '[{"path": "/ready"}, {"path": "ready", "status": 200}]'},
+        [],
+        "BGPROXY_PROMOTE_CHECKS",
+        "entry [1], field 'path': expected a path such as /healthz",
+    ),
+    (
+        "promote-checks-not-a-list-flag",
+        {},
+        ["--promote-checks", '{"path": "/ready"}'],
+        "BGPROXY_PROMOTE_CHECKS",
+        "expected a JSON list of checks",
+    ),
+    (
+        "promote-checks-and-file",
+        {"BGPROXY_PROMOTE_CHECKS": '[{"path": "/ready"}]', "BGPROXY_PROMOTE_CHECKS_FILE": "/nonexistent"},
+        [],
+        "BGPROXY_PROMOTE_CHECKS_FILE",
+        "not both",
+    ),
+    (
+        "promote-checks-file-missing",
+        {"BGPROXY_PROMOTE_CHECKS_FILE": "/nonexistent/checks.json"},
+        [],
+        "BGPROXY_PROMOTE_CHECKS_FILE",
+        "cannot read /nonexistent/checks.json",
+    ),
 ]
 # A few of them also as real processes: the exit status and stderr of `python -m bgproxy serve` itself.
 SUBPROCESS_CASES = [
@@ -152,6 +180,7 @@ SUBPROCESS_CASES = [
     "read-timeout-negative",
     "missing-both",
     "token-file-missing",
+    "promote-checks-entry",
 ]
 
 
@@ -316,6 +345,22 @@ def test_defaults_are_the_documented_ones() -> None:
     assert (s.header_timeout, s.idle_timeout) == (10, 60)
     assert s.max_connections == 10000
     assert (s.sticky_cookie, s.sticky_header) == ("bg-sticky", "")
+    assert (s.promote_checks, s.promote_checks_file) == ((), None)
+    assert (s.auto_promote_after, s.auto_promote_steps, s.auto_promote_interval) == (None, None, 60)
+
+
+def test_promote_checks_file_is_read_and_a_bad_one_names_the_file_and_the_entry(tmp_path: Path) -> None:
+    path = tmp_path / "checks.json"
+    path.write_text('[{"path": "/healthz", "status": 200, "body": "ok", "timeout": 1}]\n')
+    (check,) = load_settings(promote_checks_file=str(path)).promote_checks
+    assert (check.path, check.status, check.body, check.timeout, check.method) == ("/healthz", 200, "ok", 1.0, "GET")
+    path.write_text('[{"path": "/healthz", "timeout": 600}]')
+    with pytest.raises(SettingsError) as info:
+        load_settings(promote_checks_file=str(path))
+    assert f"invalid BGPROXY_PROMOTE_CHECKS_FILE (--promote-checks-file): {path}: entry [0], field 'timeout'" in str(
+        info.value
+    )
+    assert load_settings(promote_checks="").promote_checks == ()  # empty: none
 
 
 # --- the admin token ------------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ ADMIN_COMMANDS = (
     ["resume"],
     ["abort"],
     ["rollback"],
+    ["release", "v43"],
 )
 
 
@@ -126,6 +127,38 @@ def all_cases(busy: int, admin: str, other: str) -> dict[str, Case]:
             f"cannot listen on 127.0.0.1:{busy} (BGPROXY_ADMIN_LISTEN): Address already in use",
         ),
         "serve-bad-setting": Case(["serve", *upstreams, "--listen", "nowhere"], 2, "invalid BGPROXY_LISTEN"),
+        "serve-bad-promote-check": Case(
+            ["serve", *upstreams],
+            2,
+            "invalid BGPROXY_PROMOTE_CHECKS (--promote-checks): entry [1], field 'status': Input should be less than "
+            "or equal to 599, got 600",
+            {"BGPROXY_PROMOTE_CHECKS": '[{"path": "/ready"}, {"path": "/ok", "status": 600}]'},
+        ),
+        "serve-promote-checks-not-a-list": Case(
+            ["serve", *upstreams, "--promote-checks", '{"path": "/ready"}'],
+            2,
+            'invalid BGPROXY_PROMOTE_CHECKS (--promote-checks): expected a JSON list of checks such as [{"path": '
+            '"/healthz"}], got dict',
+        ),
+        "serve-promote-check-bad-regex": Case(
+            ["serve", *upstreams],
+            2,
+            "invalid BGPROXY_PROMOTE_CHECKS (--promote-checks): entry [0], field 'body': expected a regular "
+            "expression, got '(ok'",
+            {"BGPROXY_PROMOTE_CHECKS": '[{"path": "/ready", "body": "(ok"}]'},
+        ),
+        "serve-promote-check-unknown-field": Case(
+            ["serve", *upstreams],
+            2,
+            "invalid BGPROXY_PROMOTE_CHECKS (--promote-checks): entry [0], field 'timout': Extra inputs are not "
+            "permitted",
+            {"BGPROXY_PROMOTE_CHECKS": '[{"path": "/ready", "timout": 5}]'},
+        ),
+        "serve-promote-checks-file-missing": Case(
+            ["serve", *upstreams, "--promote-checks-file", "/nonexistent/checks.json"],
+            2,
+            "invalid BGPROXY_PROMOTE_CHECKS_FILE (--promote-checks-file): cannot read /nonexistent/checks.json",
+        ),
         "demo-listen-in-use": Case(
             ["demo", "--listen", f"127.0.0.1:{busy}", "--admin-listen", "127.0.0.1:0"],
             2,
@@ -150,6 +183,9 @@ def all_cases(busy: int, admin: str, other: str) -> dict[str, Case]:
         "promote-refused": Case(["promote", "--admin-url", admin], 1, "failed (401)"),
         "rollback-refused": Case(
             ["rollback", "--admin-url", admin, "--token", TOKEN], 1, "failed (409): nothing to roll back"
+        ),
+        "release-refused": Case(
+            ["release", "v 43", "--admin-url", admin, "--token", TOKEN], 1, "POST /release failed (400): 'release'"
         ),
     }
     nowhere = f"http://127.0.0.1:{free_port()}"  # nothing listens there

@@ -130,7 +130,9 @@ async def test_kubectl_patch_flips_traffic(
     assert (body["source"], body["reason"]) == ("configmap", EDITED)
     # The replica writes the normalised state back: every replica then holds the very same state object.
     await until(lambda: (stored(api)["state"] or {}).get("active") == "green", "the state blob is written back")
-    assert stored(api)["state"] == {k: v for k, v in body.items() if k not in ("standby", "store", "backends")}
+    assert stored(api)["state"] == {
+        k: v for k, v in body.items() if k not in ("standby", "store", "backends", "auto_promote")
+    }
 
     await kubectl("patch", "cm", CM, "--type", "merge", "-p", '{"data":{"active":"blue","reason":"bad release"}}')
     await until(lambda: serves(http, cm_proxy, "blue"), "traffic goes back to blue")

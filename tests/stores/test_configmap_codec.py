@@ -6,17 +6,22 @@ No API server here: each row is data, the last state this replica saw, and what 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
-from bgproxy.core.model import MAX_REASON, Color, Rollout, State
+from bgproxy.core.analysis import Breach, roll_back
+from bgproxy.core.model import MAX_REASON, Color, Hold, Rollout, State
 from bgproxy.stores.configmap.codec import (
     EDITED,
     KEY_ACTIVE,
+    KEY_HOLD,
     KEY_REASON,
+    KEY_RELEASE,
     KEY_STATE,
     KEY_WEIGHT,
     configmap_data,
+    configmap_patch,
     read_configmap,
 )
 
@@ -45,9 +50,48 @@ def edited(active: str, previous: str | None, revision: int, reason: str = EDITE
     return State(Color(active), prev, revision, NOW, "configmap", reason, weight=weight)
 
 
+def flipped(active: str, previous: str, revision: int, reason: str = EDITED, weight: int = 0) -> State:
+    """An edit of `active`: a flip, which starts the automatic rollback's watch of the new colour, as any promote."""
+    return replace(edited(active, previous, revision, reason, weight), promoted_at=NOW)
+
+
 BLUE3 = st("blue", 3, "green", reason="deploy")
 SHIFT20 = st("blue", 5, "green", reason="canary", weight=20)  # a manual shift: 20% to green
 STEPPING = st("blue", 6, "green", "rollout", "step 2 of 3", 50, Rollout((10, 50, 100), 60.0, 1, 40.0))
+REL42 = replace(BLUE3, release="v42")
+CANARY = replace(SHIFT20, release="v43")  # 20% to green, which runs v43
+BREACH = "green: 5xx share 31.0% (31 of 100) over the last 30s is above ANALYSIS_MAX_ERROR_RATE 5.0%"
+# What the automatic rollback (core.analysis.roll_back) makes of them: traffic off green, the request held.
+HELD_CANARY = replace(
+    CANARY, revision=6, source="analysis", reason=BREACH, weight=0, hold=Hold(Color.BLUE, 20, "v43", BREACH, 60.0)
+)
+PROMOTED = State(Color.GREEN, Color.BLUE, 7, 55.0, "auto", "auto-promotion", release="v43", promoted_at=55.0)
+HELD_PROMOTE = replace(
+    PROMOTED,
+    active=Color.BLUE,
+    previous=Color.GREEN,
+    revision=8,
+    source="analysis",
+    reason=BREACH,
+    promoted_at=None,
+    hold=Hold(Color.GREEN, 0, "v43", BREACH, 60.0),
+)
+
+
+def waits(base: State, release: str | None, reason: str = EDITED) -> State:
+    """`base` after an edit of `release` alone: recorded on the standby colour, waiting for a promotion, no hold."""
+    return replace(
+        base,
+        revision=base.revision + 1,
+        updated_at=NOW,
+        source="configmap",
+        reason=reason,
+        forced=False,
+        release=release,
+        release_pending=release is not None,
+        hold=None,
+    )
+
 
 READINGS: list[tuple[str, dict[str, str] | None, State | None, State | None, bool, int]] = [
     # (case, data, last, expected state (None: invalid, ignored), normalise?, problems)
@@ -66,16 +110,16 @@ READINGS: list[tuple[str, dict[str, str] | None, State | None, State | None, boo
         0,
     ),
     ("colour is parsed leniently", {"active": " Green "}, None, edited("green", None, 1), True, 0),
-    ("kubectl edit, no blob", {"active": "green"}, st("blue", 4), edited("green", "blue", 5), True, 0),
+    ("kubectl edit, no blob", {"active": "green"}, st("blue", 4), flipped("green", "blue", 5), True, 0),
     ("no blob, same colour", {"active": "blue"}, st("blue", 4), st("blue", 4), True, 0),
     ("blob agrees", {"active": "blue", "state": blob(BLUE3)}, None, BLUE3, False, 0),
     ("blob agrees, last older", {"active": "blue", "state": blob(BLUE3)}, st("green", 2), BLUE3, False, 0),
-    ("active edited", {"active": "green", "state": blob(BLUE3)}, BLUE3, edited("green", "blue", 4), True, 0),
+    ("active edited", {"active": "green", "state": blob(BLUE3)}, BLUE3, flipped("green", "blue", 4), True, 0),
     (
         "stale reason key is not the edit's",
         {"active": "green", "state": blob(BLUE3), "reason": "deploy"},
         BLUE3,
-        edited("green", "blue", 4),
+        flipped("green", "blue", 4),
         True,
         0,
     ),
@@ -91,11 +135,11 @@ READINGS: list[tuple[str, dict[str, str] | None, State | None, State | None, boo
         "second edit before the write-back",
         {"active": "blue", "state": blob(BLUE3)},
         edited("green", "blue", 4),
-        edited("blue", "green", 5),
+        flipped("blue", "green", 5),
         True,
         0,
     ),
-    ("corrupt blob, edit", {"active": "green", "state": "{"}, st("blue", 4), edited("green", "blue", 5), True, 1),
+    ("corrupt blob, edit", {"active": "green", "state": "{"}, st("blue", 4), flipped("green", "blue", 5), True, 1),
     ("corrupt blob, same colour", {"active": "blue", "state": '{"x":1}'}, st("blue", 4), st("blue", 4), True, 1),
     (
         "blob newer than last",
@@ -109,7 +153,7 @@ READINGS: list[tuple[str, dict[str, str] | None, State | None, State | None, boo
         "an edit's reason is trimmed",
         {"active": "green", "reason": "  r42\n"},
         st("blue", 4),
-        edited("green", "blue", 5, "r42"),
+        flipped("green", "blue", 5, "r42"),
         True,
         0,
     ),
@@ -117,7 +161,7 @@ READINGS: list[tuple[str, dict[str, str] | None, State | None, State | None, boo
         "an edit's reason is cut to MAX_REASON",
         {"active": "green", "reason": "x" * (MAX_REASON + 10)},
         st("blue", 4),
-        edited("green", "blue", 5, "x" * MAX_REASON),
+        flipped("green", "blue", 5, "x" * MAX_REASON),
         True,
         0,
     ),
@@ -125,7 +169,7 @@ READINGS: list[tuple[str, dict[str, str] | None, State | None, State | None, boo
         "a blank reason is the default one",
         {"active": "green", "reason": "   "},
         st("blue", 4),
-        edited("green", "blue", 5),
+        flipped("green", "blue", 5),
         True,
         0,
     ),
@@ -160,7 +204,7 @@ READINGS: list[tuple[str, dict[str, str] | None, State | None, State | None, boo
         "active and weight edited at once: one change",
         {"active": "green", "weight": "10", "state": blob(BLUE3)},
         BLUE3,
-        edited("green", "blue", 4, weight=10),
+        flipped("green", "blue", 4, weight=10),
         True,
         0,
     ),
@@ -168,7 +212,7 @@ READINGS: list[tuple[str, dict[str, str] | None, State | None, State | None, boo
         "promote through the keys: the new colour with weight 0",
         {"active": "green", "weight": "0", "state": blob(SHIFT20)},
         SHIFT20,
-        edited("green", "blue", 6),
+        flipped("green", "blue", 6),
         True,
         0,
     ),
@@ -200,7 +244,7 @@ READINGS: list[tuple[str, dict[str, str] | None, State | None, State | None, boo
         "active edited during a stepped promotion: the keys say what traffic does",
         {"active": "green", "weight": "50", "state": blob(STEPPING)},
         STEPPING,
-        edited("green", "blue", 7, weight=50),
+        flipped("green", "blue", 7, weight=50),
         True,
         0,
     ),
@@ -281,6 +325,198 @@ READINGS: list[tuple[str, dict[str, str] | None, State | None, State | None, boo
         1,
     ),
     ("invalid weight and colour: both named", {"active": "red", "weight": "abc"}, BLUE3, None, False, 2),
+    # --- the `release` key: owned by people and Git; a new one alone waits on the standby colour (set_release) ---
+    ("release key agrees", {"active": "blue", "release": "v42", "state": blob(REL42)}, None, REL42, False, 0),
+    (
+        "release with blanks agrees",
+        {"active": "blue", "release": " v42\n", "state": blob(REL42)},
+        None,
+        REL42,
+        False,
+        0,
+    ),
+    (
+        "release edited: it waits on the standby colour for a promotion, traffic stays",
+        {"active": "blue", "release": "v43", "state": blob(REL42)},
+        REL42,
+        waits(REL42, "v43"),
+        True,
+        0,
+    ),
+    (
+        "release first given",
+        {"active": "blue", "release": "v43", "state": blob(BLUE3)},
+        BLUE3,
+        waits(BLUE3, "v43"),
+        True,
+        0,
+    ),
+    (
+        "release edited with a reason",
+        {"active": "blue", "release": "v43", "reason": "ship 43", "state": blob(REL42)},
+        REL42,
+        waits(REL42, "v43", "ship 43"),
+        True,
+        0,
+    ),
+    (
+        "release edited during a shift: recorded, no wait (traffic is split)",
+        {"active": "blue", "weight": "20", "release": "v44", "state": blob(CANARY)},
+        CANARY,
+        replace(waits(CANARY, "v44"), release_pending=False),
+        True,
+        0,
+    ),
+    (
+        "release key removed: no release",
+        {"active": "blue", "state": blob(REL42)},
+        REL42,
+        replace(waits(REL42, None), release_pending=False),
+        True,
+        0,
+    ),
+    (
+        "release and weight edited at once: one change, the canary starts",
+        {"active": "blue", "weight": "20", "release": "v43", "state": blob(REL42)},
+        REL42,
+        replace(edited("blue", "green", 4, weight=20), release="v43"),
+        True,
+        0,
+    ),
+    (
+        "release and weight 0 at once: the canary ended, the new release waits",
+        {"active": "blue", "weight": "0", "release": "v44", "state": blob(CANARY)},
+        CANARY,
+        replace(edited("blue", "green", 6), release="v44", release_pending=True),
+        True,
+        0,
+    ),
+    (
+        "release and active edited at once: it goes live, nothing waits",
+        {"active": "green", "release": "v43", "state": blob(REL42)},
+        REL42,
+        replace(flipped("green", "blue", 4), release="v43"),
+        True,
+        0,
+    ),
+    ("release empty", {"active": "blue", "release": "", "state": blob(REL42)}, REL42, None, False, 1),
+    ("release blank", {"active": "blue", "release": "  ", "state": blob(REL42)}, REL42, None, False, 1),
+    ("release with a space", {"active": "blue", "release": "v 43", "state": blob(REL42)}, REL42, None, False, 1),
+    ("release not ASCII", {"active": "blue", "release": "v\u00e943", "state": blob(REL42)}, REL42, None, False, 1),
+    ("release too long", {"active": "blue", "release": "v" * 254, "state": blob(REL42)}, REL42, None, False, 1),
+    (
+        "invalid release with a valid active edit: nothing applied",
+        {"active": "green", "release": "v 43", "state": blob(REL42)},
+        REL42,
+        None,
+        False,
+        1,
+    ),
+    # --- a hold: the people's keys still ask for what an automatic rollback refused -------------------------
+    (
+        "held canary: the unchanged keys (a re-sync of Git) change nothing",
+        {"active": "blue", "weight": "20", "release": "v43", "state": blob(HELD_CANARY)},
+        HELD_CANARY,
+        HELD_CANARY,
+        False,
+        0,
+    ),
+    (
+        "held canary, first read",
+        {"active": "blue", "weight": "20", "release": "v43", "state": blob(HELD_CANARY)},
+        None,
+        HELD_CANARY,
+        False,
+        0,
+    ),
+    (
+        "held canary, read after the canary: the hold is newer",
+        {"active": "blue", "weight": "20", "release": "v43", "state": blob(HELD_CANARY)},
+        CANARY,
+        HELD_CANARY,
+        False,
+        0,
+    ),
+    (
+        "held canary, a reason re-applied alone: no edit",
+        {"active": "blue", "weight": "20", "release": "v43", "reason": "sync", "state": blob(HELD_CANARY)},
+        HELD_CANARY,
+        HELD_CANARY,
+        False,
+        0,
+    ),
+    (
+        "held canary, no blob: held by the last state, the blob written back",
+        {"active": "blue", "weight": "20", "release": "v43"},
+        HELD_CANARY,
+        HELD_CANARY,
+        True,
+        0,
+    ),
+    (
+        "held after a promote: the keys still ask for the refused colour",
+        {"active": "green", "weight": "0", "release": "v43", "state": blob(HELD_PROMOTE)},
+        HELD_PROMOTE,
+        HELD_PROMOTE,
+        False,
+        0,
+    ),
+    (
+        "held canary, release edited: the hold is cleared, the new release waits with no traffic",
+        {"active": "blue", "weight": "20", "release": "v44", "state": blob(HELD_CANARY)},
+        HELD_CANARY,
+        waits(HELD_CANARY, "v44"),
+        True,
+        0,
+    ),
+    (
+        "held after a promote, release edited: it waits on the standby colour, traffic stays on the old one",
+        {"active": "green", "weight": "0", "release": "v44", "state": blob(HELD_PROMOTE)},
+        HELD_PROMOTE,
+        waits(HELD_PROMOTE, "v44"),
+        True,
+        0,
+    ),
+    (
+        "held canary, weight edited: applied as it says, the hold cleared",
+        {"active": "blue", "weight": "10", "release": "v43", "state": blob(HELD_CANARY)},
+        HELD_CANARY,
+        replace(edited("blue", "green", 7, weight=10), release="v43"),
+        True,
+        0,
+    ),
+    (
+        "held canary, weight 0 committed: the rollback accepted, the hold cleared",
+        {"active": "blue", "weight": "0", "release": "v43", "state": blob(HELD_CANARY)},
+        HELD_CANARY,
+        replace(edited("blue", "green", 7), release="v43"),
+        True,
+        0,
+    ),
+    (
+        "held after a promote, the old colour committed: the rollback accepted, the hold cleared",
+        {"active": "blue", "weight": "0", "release": "v43", "state": blob(HELD_PROMOTE)},
+        HELD_PROMOTE,
+        replace(edited("blue", "green", 9), release="v43"),
+        True,
+        0,
+    ),
+    (
+        "held canary, active edited: a flip, the hold cleared",
+        {"active": "green", "weight": "0", "release": "v43", "state": blob(HELD_CANARY)},
+        HELD_CANARY,
+        replace(flipped("green", "blue", 7), release="v43"),
+        True,
+        0,
+    ),
+    (
+        "held canary, an invalid weight: ignored, still held",
+        {"active": "blue", "weight": "2O", "release": "v43", "state": blob(HELD_CANARY)},
+        HELD_CANARY,
+        None,
+        False,
+        1,
+    ),
 ]
 
 
@@ -306,6 +542,8 @@ PROBLEMS: list[tuple[str, dict[str, str], str]] = [
     ("weight not a number", {"active": "blue", "weight": "abc"}, "key 'weight': expected a whole number from 0 to 100"),
     ("weight above 100", {"active": "blue", "weight": "101"}, "got '101'"),
     ("weight cut in the message", {"active": "blue", "weight": "9" * 500}, "got '9999"),
+    ("release with a space", {"active": "blue", "release": "v 43"}, "key 'release': expected a label such as v43"),
+    ("release cut in the message", {"active": "blue", "release": "v" * 500}, "got 'vvvv"),
 ]
 
 
@@ -371,3 +609,70 @@ def test_data_holds_exactly_the_keys_bgproxy_writes() -> None:
         "promoted_at": None,
         "hold": None,
     }
+
+
+def merged(data: dict[str, str], patch: dict[str, str | None]) -> dict[str, str]:
+    """A merge patch applied, as the API server applies bgproxy's writes: a null removes the key."""
+    return {k: v for k, v in {**data, **patch}.items() if v is not None}
+
+
+@pytest.mark.parametrize("state", [REL42, CANARY, HELD_CANARY, HELD_PROMOTE], ids=lambda s: f"{s.source}-{s.revision}")
+def test_releases_and_holds_round_trip(state: State) -> None:
+    reading = read_configmap(configmap_data(state), None, now=NOW)
+    assert (reading.state, reading.normalise, reading.problems) == (state, False, ())
+
+
+@pytest.mark.parametrize(
+    ("state", "keys"),
+    [
+        (HELD_CANARY, {KEY_ACTIVE: "blue", KEY_WEIGHT: "20", KEY_RELEASE: "v43"}),
+        (HELD_PROMOTE, {KEY_ACTIVE: "green", KEY_WEIGHT: "0", KEY_RELEASE: "v43"}),
+    ],
+    ids=["canary", "promote"],
+)
+def test_a_hold_leaves_the_keys_people_own_as_they_asked_and_says_why(state: State, keys: dict[str, str]) -> None:
+    data = configmap_data(state)
+    assert {k: data[k] for k in keys} == keys  # what Git set, not what traffic does
+    assert state.hold is not None and json.loads(data[KEY_HOLD]) == state.hold.to_dict()
+    served = json.loads(data[KEY_STATE])
+    assert (served["active"], served["weight"]) == ("blue", 0)  # what traffic does is in the blob
+
+
+def test_a_write_removes_a_hold_and_a_release_that_are_no_more() -> None:
+    assert configmap_patch(BLUE3)[KEY_HOLD] is None and configmap_patch(BLUE3)[KEY_RELEASE] is None
+    assert KEY_HOLD not in configmap_data(BLUE3) and KEY_RELEASE not in configmap_data(BLUE3)  # creates send no nulls
+    patch = configmap_patch(HELD_CANARY)
+    assert patch[KEY_HOLD] is not None and patch[KEY_RELEASE] == "v43"
+    cleared = waits(HELD_CANARY, "v44")
+    assert set(merged(configmap_data(HELD_CANARY), configmap_patch(cleared))) == {
+        KEY_ACTIVE,
+        KEY_WEIGHT,
+        KEY_REASON,
+        KEY_STATE,
+        KEY_RELEASE,
+    }
+
+
+def test_gitops_a_rollback_is_held_through_resyncs_until_git_changes() -> None:
+    """The whole cycle through the codec, with the automatic rollback's own pure function: Git asks for a canary of
+    v43; the rollback takes traffic off green and writes only what it owns; re-applying the same manifest is no edit;
+    a new release in Git clears the hold and waits on the standby colour."""
+    manifest = {KEY_ACTIVE: "blue", KEY_WEIGHT: "20", KEY_RELEASE: "v43"}
+    first = read_configmap(manifest, None, now=NOW)
+    assert first.state is not None and first.state.weight == 20 and first.normalise
+    data = merged(manifest, configmap_patch(first.state))
+    breach = Breach(Color.GREEN, "error_rate", BREACH)
+    held = roll_back(first.state, breach, now=NOW + 1)
+    data = merged(data, configmap_patch(held))
+    assert {k: data[k] for k in manifest} == manifest  # the Git-owned keys untouched: no drift in Argo CD
+    for _ in range(2):  # a re-sync (kubectl apply, Argo CD's self-heal) of the unchanged manifest
+        data = merged(data, manifest)
+        again = read_configmap(data, held, now=NOW + 2)
+        assert (again.state, again.normalise, again.problems) == (held, False, ())
+    data = merged(data, {**manifest, KEY_RELEASE: "v44"})  # a fix, committed
+    fixed = read_configmap(data, held, now=NOW + 3)
+    assert fixed.state is not None and fixed.normalise
+    assert fixed.state.hold is None and fixed.state.release == "v44" and fixed.state.release_pending
+    assert (fixed.state.active, fixed.state.weight) == (Color.BLUE, 0)  # no traffic until it is promoted
+    data = merged(data, configmap_patch(fixed.state))
+    assert KEY_HOLD not in data and data[KEY_WEIGHT] == "0"

@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 
 from bgproxy.app import Bgproxy
+from bgproxy.core.analysis import Breach, roll_back
 from bgproxy.core.model import Color, State, initial_state
 from bgproxy.settings import load_settings
 from bgproxy.stores import StoreConflict, StoreError
@@ -181,6 +182,33 @@ async def test_memory_store_forgets_a_stepped_promotion_on_restart(
         assert await sticky_colour(s, again.port, 0) == "blue"
 
 
+@pytest.mark.parametrize("clear", ["release", "switch"])
+async def test_a_hold_survives_a_restart_with_the_file_store_until_a_new_release_or_a_flip(
+    tmp_path: Path, start_proxy: StartProxy, clear: str
+) -> None:
+    """The hold is part of the state, so the file store keeps it as the ConfigMap does: a restart serves the held
+    colour, not what was refused; a new release (or an admin flip) clears it."""
+    canary = State(Color.BLUE, Color.GREEN, 5, 1.0, "admin", "canary", weight=20, release="v43")
+    held = roll_back(canary, Breach(Color.GREEN, "error_rate", "green: 5xx share 40.0%"), now=2.0)
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps(held.to_dict()))
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as s:
+        for _ in range(2):  # start, and start again
+            app = await start_proxy(state_backend="file", state_file=str(path))
+            admin = f"http://127.0.0.1:{app.admin_port}"
+            _, _, body = await http(s, "GET", f"{admin}/state")
+            state = json.loads(body)
+            assert (state["weight"], state["source"], state["hold"]) == (0, "analysis", held.hold.to_dict())
+            assert await sticky_colour(s, app.port, 0) == "blue"  # bucket 0 would be green at weight 20
+            await app.stop()
+        app = await start_proxy(state_backend="file", state_file=str(path))
+        admin = f"http://127.0.0.1:{app.admin_port}"
+        body_sent = {"release": "v44"} if clear == "release" else {"to": "green"}
+        status, _, body = await http(s, "POST", f"{admin}/{clear}", json=body_sent)
+        assert status == 200, body
+        assert json.loads(body)["hold"] is None and read_state_file(path)["hold"] is None
+
+
 # --- corrupt state files refuse the start (real subprocesses, run side by side) -------------------------------------
 
 CORRUPT = {
@@ -286,7 +314,7 @@ async def test_every_flip_rewrites_the_file_atomically(tmp_path: Path, start_pro
             stored = read_state_file(path)  # valid JSON after each flip
             answer = json.loads(body)
             assert answer["store"] == {"backend": "file", "path": str(path)}
-            assert stored == {k: v for k, v in answer.items() if k not in ("backends", "store")}
+            assert stored == {k: v for k, v in answer.items() if k not in ("backends", "store", "auto_promote")}
             assert (stored["revision"], stored["reason"]) == (i, f"flip {i}")
             assert stored["active"] == ("blue" if i % 2 else "green")
             assert leftovers(tmp_path, "state.json") == []  # no temp files left behind

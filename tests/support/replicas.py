@@ -131,7 +131,9 @@ class Replica:
     async def state(self, http: aiohttp.ClientSession) -> dict[str, Any]:
         status, body = await self.admin(http, "GET", "/state")
         assert status == 200
-        return {k: v for k, v in body.items() if k not in ("standby", "store", "backends")} | {"store": body["store"]}
+        return {k: v for k, v in body.items() if k not in ("standby", "store", "backends", "auto_promote")} | {
+            "store": body["store"]
+        }
 
     async def metric(self, http: aiohttp.ClientSession, name: str, **labels: str) -> float:
         async with http.get(f"http://127.0.0.1:{self.admin_port}/metrics") as resp:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -36,6 +37,10 @@ class Upstream:
     seen: list[Seen] = field(default_factory=list)
     gates: dict[str, asyncio.Event] = field(default_factory=dict)
     arrived: dict[str, asyncio.Event] = field(default_factory=dict)
+    # /ctl/NAME answers what the test set here (status, body, seconds before answering), 200 "ok" by default, and
+    # records when each request came (monotonic): an endpoint a pre-promotion check or a health probe can look at.
+    answers: dict[str, tuple[int, str, float]] = field(default_factory=dict)
+    hits: dict[str, list[float]] = field(default_factory=dict)
 
     def gate(self, name: str) -> tuple[asyncio.Event, asyncio.Event]:
         """(arrived, release): the request /gate/NAME waits for `release` after setting `arrived`."""
@@ -98,6 +103,15 @@ def upstream_app(up: Upstream) -> web.Application:
         await release.wait()
         return web.Response(text=f"{up.color} {name}\n", headers={"X-App": up.color})
 
+    async def ctl(request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        up.hits.setdefault(name, []).append(time.monotonic())
+        await record(request)
+        code, text, delay = up.answers.get(name, (200, "ok", 0.0))
+        if delay:
+            await asyncio.sleep(delay)
+        return web.Response(status=code, text=text, headers={"X-App": up.color})
+
     async def status(request: web.Request) -> web.StreamResponse:
         await record(request)
         code = int(request.match_info["code"])
@@ -139,6 +153,7 @@ def upstream_app(up: Upstream) -> web.Application:
     app.router.add_get("/stream", stream)
     app.router.add_get("/gate/{name}", gate)
     app.router.add_route("*", "/status/{code}", status)
+    app.router.add_route("*", "/ctl/{name}", ctl)
     app.router.add_get("/cookies", cookies)
     app.router.add_get("/gzip", gzip)
     app.router.add_get("/ws", ws)

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import urllib3
@@ -120,8 +120,9 @@ class ConfigMapApi:
         body = {"metadata": {"name": self.name, "labels": LABELS}, "data": data}
         return self._call("create", self._v1.create_namespaced_config_map, self.namespace, body)
 
-    def patch(self, data: dict[str, str], *, resource_version: str) -> dict[str, Any]:
-        """Merge `data` in, if the ConfigMap is still at `resource_version` (else `Refused` with 409)."""
+    def patch(self, data: Mapping[str, str | None], *, resource_version: str) -> dict[str, Any]:
+        """Merge `data` in (a key whose value is None is removed), if the ConfigMap is still at `resource_version`
+        (else `Refused` with 409)."""
         patch = {"metadata": {"resourceVersion": resource_version}, "data": data}
         call = self._v1.patch_namespaced_config_map
         return self._call("patch", call, self.name, self.namespace, patch, _content_type=MERGE_PATCH)

@@ -16,7 +16,7 @@ from ...core.model import State
 from ...log import log
 from ..interface import StoreConflict, StoreError
 from .client import Backoff, ConfigMapApi, Refused
-from .codec import configmap_data, read_configmap
+from .codec import configmap_data, configmap_patch, read_configmap
 from .watch import ConfigMapWatch
 
 if TYPE_CHECKING:
@@ -138,7 +138,7 @@ class ConfigMapStore:
     # --- writes (the API calls run in worker threads) ---------------------------------------------------
 
     async def _patch(self, state: State, rv: str) -> dict[str, Any]:
-        return await asyncio.to_thread(self._api.patch, configmap_data(state), resource_version=rv)
+        return await asyncio.to_thread(self._api.patch, configmap_patch(state), resource_version=rv)
 
     async def _create(self, state: State) -> dict[str, Any]:
         return await asyncio.to_thread(self._api.create, configmap_data(state))

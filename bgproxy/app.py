@@ -20,6 +20,7 @@ from .dataplane import ProxyServer
 from .health import HealthChecker
 from .log import log
 from .metrics import Metrics
+from .notify import open_notifiers
 from .release.steps import StepTimer
 from .settings import ENV_PREFIX, Address, Settings
 from .state import StateHolder
@@ -51,6 +52,7 @@ class Bgproxy:
         self.holder = StateHolder(self.store, self.metrics, initial_active=settings.initial_active)
         self.health = HealthChecker(settings, self.metrics)
         self.steps = StepTimer(self.holder, self.metrics.healthy)
+        self.notifiers = open_notifiers(settings, self.holder, self.metrics)
         self.proxy: ProxyServer | None = None
         self.draining = False
         self._admin_runner: web.AppRunner | None = None
@@ -72,6 +74,8 @@ class Bgproxy:
         except OSError as exc:
             raise ListenError(s.admin_listen, "admin_listen", _reason(exc)) from None
         await self.holder.load()
+        for notifier in self.notifiers:
+            notifier.start()
         self._follow = asyncio.create_task(self._follow_store(), name="bgproxy-follow-store")
         await self.health.start()
         self.steps.start()
@@ -131,6 +135,8 @@ class Bgproxy:
             self._follow.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._follow
+        for notifier in self.notifiers:
+            await notifier.stop()
         if self.proxy is not None:
             await self.proxy.close()
         await self.health.stop()

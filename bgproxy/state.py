@@ -124,7 +124,12 @@ class StateHolder:
         flipped = new.active is not old.active
         self._swap(new, flipped=flipped)
         if new.revision == old.revision:
-            return  # the same change read again (a store restored its own copy): nothing happened
+            # The same change read again: a store restored its own copy, or an edit every replica applied came back
+            # as the copy the store settled on (its time is the winner's). Nothing happened; history shows that copy,
+            # so its time, and a webhook's id, are the same on every replica.
+            if self.history and self.history[0]["revision"] == new.revision:
+                self.history[0]["when"] = new.updated_at
+            return
         kind = event(old, new)
         self.history.appendleft(
             {

@@ -29,13 +29,6 @@ SECRET = "whsec-replicas"
 
 
 @pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = await Receiver().start()
-    yield r
-    await r.stop()
-
-
-@pytest.fixture
 async def pair(
     api: KubeAPIServer, replica_env: dict[str, str], receiver: Receiver, tmp_path: Path, http: aiohttp.ClientSession
 ) -> AsyncIterator[tuple[Replica, Replica]]:

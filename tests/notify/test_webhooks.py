@@ -35,13 +35,6 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = await Receiver().start()
-    yield r
-    await r.stop()
-
-
-@pytest.fixture
 async def other_receiver() -> AsyncIterator[Receiver]:
     r = await Receiver().start()
     yield r

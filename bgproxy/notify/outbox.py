@@ -19,13 +19,14 @@ from prometheus_client import Counter
 from ..core.model import State
 from ..core.routing import event
 from ..log import log
+from ..metrics import NOTICE_RESULTS
 
 logger = logging.getLogger("bgproxy.notify")
 QUEUE_SIZE = 256  # notices waiting per receiver; changes are rare (people, timers), so this is minutes of them
 TRIES = 3  # a notice is sent at most this often
 BACKOFF = 1.0  # seconds before the second try; doubles before each further one
 
-Result = Literal["ok", "failed", "dropped"]
+Result = Literal["ok", "failed", "dropped"]  # NOTICE_RESULTS
 
 
 class DeliveryError(Exception):
@@ -73,7 +74,7 @@ class Outbox:
         self.tries = tries
         self.backoff = backoff
         self.fields = fields or {}  # logged with every line (which receiver)
-        self._counts = {r: counter.labels(r) for r in ("ok", "failed", "dropped")}
+        self._counts = {r: counter.labels(r) for r in NOTICE_RESULTS}
         self._queue: asyncio.Queue[Notice] = asyncio.Queue(maxsize=size)
         self._task: asyncio.Task[None] | None = None
         self._sending = False  # a notice is out of the queue and not yet counted
@@ -137,8 +138,10 @@ class Outbox:
             try:
                 async with asyncio.timeout(self.timeout):
                     await self.send(notice)
-            except (DeliveryError, TimeoutError) as exc:
-                error = str(exc) if isinstance(exc, DeliveryError) else f"no answer within {self.timeout:g}s"
+            except DeliveryError as exc:
+                error = str(exc)
+            except TimeoutError:
+                error = f"no answer within {self.timeout:g}s" if self.timeout is not None else "timed out"
             else:
                 log(logger, f"{self.what}_sent", level=logging.DEBUG, id=notice.id, tries=attempt, **self.fields)
                 return "ok"

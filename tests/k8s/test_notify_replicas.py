@@ -138,20 +138,21 @@ async def test_two_replicas_write_one_kubernetes_event_per_change_and_count_repe
 ) -> None:
     a, b = pair
     steps = Steps(api, http, a, b)
-    await steps.kubectl(kubectl, *patch_active("green"))
+    await steps.admin(a, "/switch", to="green", reason="release 42")
     await steps.kubectl(kubectl, *patch_active("blue"))
-    await steps.kubectl(kubectl, *patch_active("green"))  # the first Event again: its count grows
+    await steps.admin(b, "/switch", to="green", reason="release 42")  # the first Event again, counted by b
+    await steps.kubectl(kubectl, *patch_active("blue"))  # the second again
     await steps.admin(a, "/shift", weight=20, reason="canary 43")
     await steps.admin(b, "/abort", reason="p99 doubled")
-    await steps.admin(b, "/switch", to="blue", reason="marker b")
-    await steps.admin(a, "/switch", to="green", reason="marker a")
+    await steps.admin(b, "/switch", to="green", reason="marker b")
+    await steps.admin(a, "/switch", to="blue", reason="marker a")
     want = {
-        ("Switched", "green is active (was blue): ConfigMap edited"): 2,
-        ("Switched", "blue is active (was green): ConfigMap edited"): 1,
-        ("Shifted", "20% to blue: canary 43"): 1,
-        ("Aborted", "all traffic on green: p99 doubled"): 1,
-        ("Switched", "blue is active (was green): marker b"): 1,
-        ("Switched", "green is active (was blue): marker a"): 1,
+        ("Switched", "green is active (was blue): release 42"): 2,
+        ("Switched", "blue is active (was green): ConfigMap edited"): 2,
+        ("Shifted", "20% to green: canary 43"): 1,
+        ("Aborted", "all traffic on blue: p99 doubled"): 1,
+        ("Switched", "green is active (was blue): marker b"): 1,
+        ("Switched", "blue is active (was green): marker a"): 1,
     }
 
     def counts() -> dict[tuple[str, str], int]:
@@ -168,7 +169,7 @@ async def test_two_replicas_write_one_kubernetes_event_per_change_and_count_repe
     wide = await kubectl("get", "events", "-o", "wide", "--field-selector", f"involvedObject.name={CM}")
     rows = wide.stdout.splitlines()
     assert rows[0].split()[-2:] == ["COUNT", "NAME"] and len(rows) == 1 + len(want)
-    switched = next(row for row in rows if "green is active (was blue): ConfigMap edited" in row)
+    switched = next(row for row in rows if "blue is active (was green): ConfigMap edited" in row)
     assert switched.split()[1:4] == ["Normal", "Switched", f"configmap/{CM}"] and switched.split()[-2] == "2"
     listed = await kubectl("events", "--for", f"configmap/{CM}")
     assert any("(x2 over" in line and "ConfigMap edited" in line for line in listed.stdout.splitlines())

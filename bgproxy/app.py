@@ -20,6 +20,7 @@ from .dataplane import ProxyServer
 from .health import HealthChecker
 from .log import log
 from .metrics import Metrics
+from .notify import open_notifiers
 from .release.auto_promote import AutoPromoter
 from .release.checks import PromoteChecks
 from .release.steps import StepTimer
@@ -64,6 +65,7 @@ class Bgproxy:
                 steps=settings.auto_promote_steps,
                 interval=settings.auto_promote_interval,
             )
+        self.notifiers = open_notifiers(settings, self.holder, self.metrics)
         self.proxy: ProxyServer | None = None
         self.draining = False
         self._admin_runner: web.AppRunner | None = None
@@ -87,6 +89,8 @@ class Bgproxy:
         except OSError as exc:
             raise ListenError(s.admin_listen, "admin_listen", _reason(exc)) from None
         await self.holder.load()
+        for notifier in self.notifiers:
+            notifier.start()
         self._follow = asyncio.create_task(self._follow_store(), name="bgproxy-follow-store")
         await self.health.start()
         self.steps.start()
@@ -150,6 +154,8 @@ class Bgproxy:
             self._follow.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._follow
+        for notifier in self.notifiers:
+            await notifier.stop()
         if self.proxy is not None:
             await self.proxy.close()
         await self.health.stop()

@@ -20,6 +20,9 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds; proxied requests are usually milliseconds, websockets and downloads can last minutes.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, float("inf"))
 ERROR_KINDS = ("connect", "timeout", "reset", "protocol")
+# What became of a change notification (a webhook delivery, a Kubernetes Event): delivered, failed after every
+# try, or dropped because its queue was full (or the process stopped first).
+NOTICE_RESULTS = ("ok", "failed", "dropped")
 
 
 class ColorStats:
@@ -109,7 +112,21 @@ class Metrics:
         self.watch_connected = Gauge(
             "bgproxy_configmap_watch_connected", "1 while the ConfigMap watch is connected", registry=None
         )
+        self.kubernetes_events = Counter(
+            "bgproxy_kubernetes_events",
+            "Kubernetes Events about state changes, by result: ok, failed (after every try), dropped (queue full)",
+            ("result",),
+            registry=None,
+        )
         self._configmap_exported = False
+        self.webhook_deliveries = Counter(
+            "bgproxy_webhook_deliveries",
+            "Webhook deliveries, by result: ok, failed (after every try), dropped (queue full)",
+            ("result",),
+            registry=r,
+        )
+        for result in NOTICE_RESULTS:  # at 0 from the start: the first failure is an increase Prometheus sees
+            self.webhook_deliveries.labels(result)
         self.backend_up = Gauge(
             "bgproxy_backend_up", "1 while the colour's upstream is considered healthy", ("color",), registry=r
         )
@@ -120,12 +137,16 @@ class Metrics:
             self.backend_up.labels(c.value).set(1)
 
     def configmap_figures(self) -> Gauge:
-        """Export the ConfigMap store's figures; returns the watch's gauge. The error counter starts at 0, so that
-        the first invalid value is an increase Prometheus can see rather than a series that appears at 1."""
+        """Export the ConfigMap store's figures (its watch, its Events); returns the watch's gauge. The counters
+        start at 0, so that the first invalid value is an increase Prometheus can see rather than a series that
+        appears at 1."""
         if not self._configmap_exported:
             self._configmap_exported = True
             self.registry.register(self.watch_connected)
+            self.registry.register(self.kubernetes_events)
             self.config_errors.labels("configmap")
+            for result in NOTICE_RESULTS:
+                self.kubernetes_events.labels(result)
         return self.watch_connected
 
     def set_healthy(self, color: Color, healthy: bool) -> None:

@@ -24,10 +24,13 @@ from .stores import Store, StoreConflict, StoreError
 logger = logging.getLogger("bgproxy.state")
 HISTORY_SIZE = 100
 MAX_CONFLICT_RETRIES = 5
+OWNED_BACKLOG = 16  # changes from outside kept until the store says whether this replica's write settled them
 
 Decision = Callable[[State], State]
 # (old, new, written here): called on the loop for every new revision applied; the flag says whether this replica
-# wrote it (so that what happens once per change, a webhook or an Event, happens on one replica only).
+# wrote it (so that what happens once per change, a webhook or an Event, happens on one replica only). An edit made
+# outside bgproxy (the ConfigMap, by kubectl or Git) is told with False when it arrives, and once more with True on
+# the one replica whose write then settled it (`Store.on_owned`).
 Listener = Callable[[State, State, bool], None]
 
 
@@ -41,7 +44,10 @@ class StateHolder:
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_SIZE)
         self.listeners: list[Listener] = []
         self._writing: State | None = None  # the state this replica is writing: its own when it comes back
+        self._unowned: deque[tuple[State, State]] = deque(maxlen=OWNED_BACKLOG)  # (old, new) told as others'
+        self._owned_early: deque[State] = deque(maxlen=OWNED_BACKLOG)  # settled here before they were applied
         self._lock = asyncio.Lock()
+        store.on_owned(self._owned)
 
     async def load(self) -> State:
         """Read the stored state, or store the initial one; until then the proxy is not ready."""
@@ -95,16 +101,35 @@ class StateHolder:
         async for state in self.store.changes():
             self._apply(state)
 
+    def _owned(self, state: State) -> None:
+        """The store says this replica's write settled `state`, a change made outside bgproxy: this replica owns it.
+        Tell the listeners again, as its writer; or, not applied yet, when it is."""
+        for i, (old, new) in enumerate(self._unowned):
+            if new == state:
+                del self._unowned[i]
+                self._tell(old, new, own=True)
+                return
+        if state.revision > self.current.revision:
+            self._owned_early.append(state)
+
     def _apply(self, new: State, *, own: bool = False) -> None:
         old = self.current
         # A store may deliver this replica's own write through its change stream before the write returns.
         own = own or (self._writing is not None and new == self._writing)
+        if not own and new in self._owned_early:
+            self._owned_early.remove(new)
+            own = True
         if new == old:
             return
         flipped = new.active is not old.active
         self._swap(new, flipped=flipped)
         if new.revision == old.revision:
-            return  # the same change read again (a store restored its own copy): nothing happened
+            # The same change read again: a store restored its own copy, or an edit every replica applied came back
+            # as the copy the store settled on (its time is the winner's). Nothing happened; history shows that copy,
+            # so its time, and a webhook's id, are the same on every replica.
+            if self.history and self.history[0]["revision"] == new.revision:
+                self.history[0]["when"] = new.updated_at
+            return
         kind = event(old, new)
         self.history.appendleft(
             {
@@ -135,6 +160,11 @@ class StateHolder:
             source=new.source,
             reason=new.reason,
         )
+        if not own:
+            self._unowned.append((old, new))
+        self._tell(old, new, own=own)
+
+    def _tell(self, old: State, new: State, *, own: bool) -> None:
         for listener in self.listeners:
             listener(old, new, own)
 

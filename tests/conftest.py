@@ -14,6 +14,7 @@ from aiohttp import web
 
 from bgproxy.app import Bgproxy
 from bgproxy.settings import load_settings
+from tests.support.receiver import Receiver
 from tests.support.servers import RawClient, StartProxy, Upstream, upstream_app
 
 # A skip for a missing tool fails under CI (CI=true), which installs them all: tests/support/tools.py.
@@ -47,6 +48,14 @@ async def upstreams() -> AsyncIterator[dict[str, Upstream]]:
             ev.set()
     for runner in runners:
         await runner.cleanup()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A real webhook receiver on loopback (tests/support/receiver.py)."""
+    r = await Receiver().start()
+    yield r
+    await r.stop()
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ that stores this process alone writes share. The stores import this module, neve
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from ..core.model import State
@@ -34,6 +34,11 @@ class Store(Protocol):
     def changes(self) -> AsyncIterator[State]:
         """States written by others (other replicas, GitOps), in the order they happened; runs until cancelled."""
 
+    def on_owned(self, callback: Callable[[State], None]) -> None:
+        """Call `callback` with each change made outside bgproxy (an edit by a person or Git) that this replica's
+        write settled: exactly one replica's write wins, and that replica owns the change (its webhook, its Event).
+        Changes written through `write` are owned by the replica that wrote them and are not reported here."""
+
     def describe(self) -> dict[str, object]:
         """What /state shows about the store: at least {"backend": name}."""
 
@@ -42,11 +47,15 @@ class Store(Protocol):
 
 
 class SingleWriter:
-    """The `changes` and `close` of a store this process alone writes: nothing changes behind its back."""
+    """The `changes`, `on_owned` and `close` of a store this process alone writes: nothing changes behind its back,
+    so every change goes through `write` and no outside change is ever owned."""
 
     async def changes(self) -> AsyncIterator[State]:
         await asyncio.Event().wait()  # until cancelled
         yield  # type: ignore[misc]  # pragma: no cover - makes this an async generator
+
+    def on_owned(self, callback: Callable[[State], None]) -> None:
+        return None
 
     async def close(self) -> None:
         return None

@@ -244,6 +244,7 @@ def test_every_object_has_a_name_and_no_duplicates(rendered: list[Doc]) -> None:
 
 ALLOWED_VERBS = {"get", "list", "watch", "patch", "create"}
 NAME_RESTRICTABLE = {"get", "list", "watch", "patch"}
+EVENT_VERBS = {"create", "patch"}  # an Event per change, and its count on a repeat: never a read or a delete
 
 
 def allows(rules: list[Doc], verb: str, resource: str, name: str | None, group: str = "") -> bool:
@@ -263,7 +264,7 @@ def allows(rules: list[Doc], verb: str, resource: str, name: str | None, group: 
 
 
 @needs_kubectl
-def test_role_grants_only_the_state_configmap(rendered: list[Doc]) -> None:
+def test_role_grants_only_the_state_configmap_and_its_events(rendered: list[Doc]) -> None:
     for kind in ("ClusterRole", "ClusterRoleBinding"):
         assert not of_kind(rendered, kind), f"bgproxy needs no {kind}"
     roles = of_kind(rendered, "Role")
@@ -271,7 +272,12 @@ def test_role_grants_only_the_state_configmap(rendered: list[Doc]) -> None:
     rules = roles[0]["rules"]
 
     granted: set[str] = set()
+    event_rules = [rule for rule in rules if rule.get("resources") == ["events"]]
+    shapes = [(r["apiGroups"], set(r["verbs"]), "resourceNames" in r) for r in event_rules]
+    assert shapes == [([""], EVENT_VERBS, False)]
     for rule in rules:
+        if rule in event_rules:
+            continue
         assert "nonResourceURLs" not in rule
         assert rule["apiGroups"] == [""], rule
         assert rule["resources"] == ["configmaps"], rule  # no subresources, no other kinds
@@ -290,6 +296,7 @@ def test_role_grants_only_the_state_configmap(rendered: list[Doc]) -> None:
     for verb in sorted(NAME_RESTRICTABLE):
         assert allows(rules, verb, "configmaps", STATE_CONFIGMAP), verb
     assert allows(rules, "create", "configmaps", None)
+    assert allows(rules, "create", "events", None) and allows(rules, "patch", "events", "bgproxy-state.0123abcd")
     # ... and nothing next to it.
     denied = [
         ("get", "configmaps", "some-other-config"),
@@ -306,11 +313,18 @@ def test_role_grants_only_the_state_configmap(rendered: list[Doc]) -> None:
         ("get", "serviceaccounts", None),
         ("create", "rolebindings", None),
         ("create", "serviceaccounts/token", None),
+        ("get", "events", "bgproxy-state.0123abcd"),
+        ("list", "events", None),
+        ("watch", "events", None),
+        ("update", "events", "bgproxy-state.0123abcd"),
+        ("delete", "events", "bgproxy-state.0123abcd"),
+        ("deletecollection", "events", None),
     ]
     for verb, resource, name in denied:
         assert not allows(rules, verb, resource, name), f"{verb} {resource} {name} should be denied"
     assert not allows(rules, "create", "rolebindings", None, group="rbac.authorization.k8s.io")
     assert not allows(rules, "get", "leases", None, group="coordination.k8s.io")
+    assert not allows(rules, "create", "events", None, group="events.k8s.io")
 
 
 @needs_kubectl

@@ -543,3 +543,126 @@ def test_kubectl_get_watch(kubeconfig: Path, kubectl: Kubectl, api: KubeAPIServe
         reader.join(WAIT)
     watches = [r for r in api.requests if r.verb == "watch"]
     assert watches and watches[0].query["resourceVersion"] == str(api.resource_version - 2)
+
+
+# --- Events (core/v1): what bgproxy's Events notifier and kubectl get/events/describe use ------------------------
+
+def event_body(name: str, cm: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    body = {
+        "metadata": {"name": name},
+        "involvedObject": {"apiVersion": "v1", "kind": "ConfigMap", "namespace": NS,
+                           "name": cm["metadata"]["name"], "uid": cm["metadata"]["uid"]},
+        "reason": "Switched", "message": "green is active (was blue): release 42", "type": "Normal",
+        "source": {"component": "bgproxy"}, "reportingComponent": "bgproxy", "reportingInstance": "pod-a",
+        "firstTimestamp": "2026-01-01T00:00:00Z", "lastTimestamp": "2026-01-01T00:00:00Z", "count": 1,
+    }
+    body.update(fields)
+    return body
+
+
+def test_events_share_the_resource_version_and_keep_the_usual_semantics(
+        v1: client.CoreV1Api, api: KubeAPIServer) -> None:
+    cm = api.set_configmap("state", {"active": "blue"})
+    created = v1.create_namespaced_event(NS, event_body("state.1", cm))
+    assert isinstance(created, client.CoreV1Event) and created.count == 1
+    assert int(created.metadata.resource_version) == int(cm["metadata"]["resourceVersion"]) + 1 == api.resource_version
+    assert created.metadata.uid and created.involved_object.uid == cm["metadata"]["uid"]
+    assert v1.read_namespaced_event("state.1", NS).to_dict() == created.to_dict()
+
+    with pytest.raises(ApiException) as exc:  # a second create of one name: what the notifier counts as a repeat
+        v1.create_namespaced_event(NS, event_body("state.1", cm))
+    assert exc.value.status == 409 and status(exc)["reason"] == "AlreadyExists"
+    assert status(exc)["message"] == 'events "state.1" already exists'
+    assert status(exc)["details"] == {"name": "state.1", "kind": "events"}
+
+    # An empty patch changes nothing (no new resourceVersion) and answers the Event: the notifier's read.
+    version = api.resource_version
+    assert v1.patch_namespaced_event("state.1", NS, {}, _content_type=MERGE).to_dict() == created.to_dict()
+    assert api.resource_version == version
+    repeat = {"metadata": {"resourceVersion": created.metadata.resource_version}, "count": 2,
+              "lastTimestamp": "2026-01-01T00:01:00Z"}
+    counted = v1.patch_namespaced_event("state.1", NS, repeat, _content_type=MERGE)
+    assert counted.count == 2 and counted.last_timestamp.minute == 1 and rv(counted) == version + 1
+    with pytest.raises(ApiException) as exc:  # the same precondition again: someone counted first
+        v1.patch_namespaced_event("state.1", NS, repeat, _content_type=MERGE)
+    assert exc.value.status == 409 and 'on events "state.1"' in status(exc)["message"]
+
+    with pytest.raises(ApiException) as exc:
+        v1.read_namespaced_event("missing", NS)
+    assert exc.value.status == 404 and status(exc)["message"] == 'events "missing" not found'
+    with pytest.raises(ApiException) as exc:
+        v1.patch_namespaced_event("missing", NS, {}, _content_type=MERGE)
+    assert exc.value.status == 404
+    wrong_ns = event_body("state.2", cm, involvedObject={"kind": "ConfigMap", "namespace": "other", "name": "state"})
+    with pytest.raises(ApiException) as exc:
+        v1.create_namespaced_event(NS, wrong_ns)
+    assert exc.value.status == 422 and "does not match event.namespace" in status(exc)["message"]
+    # The client refuses a count that is not a number; the server does too (a decode error).
+    resp = urllib3.request("POST", f"{api.url}/api/v1/namespaces/{NS}/events",
+                           body=json.dumps(event_body("state.3", cm, count="many")),
+                           headers={"Content-Type": "application/json"})
+    assert resp.status == 400 and resp.json()["reason"] == "BadRequest"
+    assert [cm["metadata"]["name"] for cm in api.configmaps()] == ["state"]  # Events are not ConfigMaps
+
+
+def test_events_are_selected_by_their_fields(v1: client.CoreV1Api, api: KubeAPIServer) -> None:
+    cm = api.set_configmap("state", {"active": "blue"})
+    other = api.set_configmap("other", {})
+    v1.create_namespaced_event(NS, event_body("state.1", cm))
+    v1.create_namespaced_event(NS, event_body("state.2", cm, reason="AutoRollback", type="Warning"))
+    v1.create_namespaced_event(NS, event_body("other.1", other))
+
+    def names(selector: str) -> list[str]:
+        return [e.metadata.name for e in v1.list_namespaced_event(NS, field_selector=selector).items]
+
+    assert names("involvedObject.name=state") == ["state.1", "state.2"]
+    assert names("involvedObject.kind=ConfigMap,involvedObject.name=state,type=Warning") == ["state.2"]
+    assert names(f"involvedObject.uid={cm['metadata']['uid']},reason!=AutoRollback") == ["state.1"]
+    assert names("source=bgproxy,reportingComponent=bgproxy") == ["other.1", "state.1", "state.2"]
+    listed = v1.list_namespaced_event(NS)
+    assert listed.kind == "EventList" and int(listed.metadata.resource_version) == api.resource_version
+    with pytest.raises(ApiException) as exc:
+        v1.list_namespaced_event(NS, field_selector="message=x")
+    assert exc.value.status == 400 and status(exc)["message"] == "field label not supported: message"
+    with pytest.raises(ApiException) as exc:  # a ConfigMap has no such field
+        v1.list_namespaced_config_map(NS, field_selector="involvedObject.name=state")
+    assert exc.value.status == 400
+
+
+def test_faults_and_counts_name_their_resource(v1: client.CoreV1Api, api: KubeAPIServer) -> None:
+    cm = api.set_configmap("state", {"active": "blue"})
+    api.fail("create", resource="events")
+    with pytest.raises(ApiException) as exc:
+        v1.create_namespaced_event(NS, event_body("state.1", cm))
+    assert exc.value.status == 500
+    v1.create_namespaced_event(NS, event_body("state.1", cm))
+    v1.create_namespaced_config_map(NS, configmap("b", {}))  # a ConfigMap fault is not spent on Events
+    assert (api.request_count("create"), api.request_count("create", resource="events")) == (1, 2)
+    assert api.request_count("create", resource=None) == 3
+    assert [e["metadata"]["name"] for e in api.events()] == ["state.1"]
+
+
+def test_kubectl_shows_events_and_their_count(kubectl: Kubectl, v1: client.CoreV1Api, api: KubeAPIServer) -> None:
+    cm = api.set_configmap("state", {"active": "blue"})
+    v1.create_namespaced_event(NS, event_body("state.1", cm, count=3))
+    v1.create_namespaced_event(NS, event_body("state.2", cm, reason="AutoRollback", type="Warning",
+                                              message="blue is active (was green): 5xx share 30%"))
+    lines = kubectl("get", "events").stdout.splitlines()
+    assert lines[0].split() == ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
+    assert lines[1].split()[1:4] == ["Normal", "Switched", "configmap/state"]
+    assert lines[1].endswith("green is active (was blue): release 42")
+    assert lines[2].split()[1:4] == ["Warning", "AutoRollback", "configmap/state"]
+
+    wide = kubectl("get", "events", "-o", "wide", "--field-selector", "type=Normal").stdout.splitlines()
+    assert wide[0].split() == ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "SUBOBJECT", "SOURCE", "MESSAGE",
+                               "FIRST", "SEEN", "COUNT", "NAME"]
+    assert len(wide) == 2 and "bgproxy, pod-a" in wide[1] and wide[1].split()[-2:] == ["3", "state.1"]
+
+    listed = kubectl("events", "--for", "configmap/state").stdout.splitlines()
+    assert listed[0].split() == ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
+    assert any("(x3 over" in line and "Switched" in line for line in listed[1:]), listed
+
+    described = kubectl("describe", "configmap", "state").stdout
+    events = described[described.index("Events:"):].splitlines()
+    assert events[1].split() == ["Type", "Reason", "Age", "From", "Message"]
+    assert any("Switched" in line and "(x3 over" in line and "bgproxy" in line for line in events), events

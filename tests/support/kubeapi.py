@@ -1,4 +1,4 @@
-"""A small, protocol-faithful Kubernetes API server for tests (ConfigMaps only).
+"""A small, protocol-faithful Kubernetes API server for tests (ConfigMaps and core/v1 Events).
 
 No kube-apiserver can be installed where these tests run, yet bgproxy's ``configmap`` state backend must be
 tested against the real wire protocol: the official ``kubernetes`` Python client, ``kubectl``, resourceVersion
@@ -14,10 +14,14 @@ Semantics copied from the real server (and tested in ``tests/test_kubeapi.py``):
   ``ERROR`` event carrying a 410 ``Expired`` Status; bookmarks and ``timeoutSeconds`` behave as upstream;
 * discovery and OpenAPI v3 are just rich enough for kubectl 1.32 (legacy discovery is accepted by kubectl
   after it asks for the aggregated format; OpenAPI v3 advertises server-side ``fieldValidation``), and the
-  protobuf body that ``kubectl create configmap`` sends is decoded.
+  protobuf body that ``kubectl create configmap`` sends is decoded;
+* Events (core/v1, what client-go's recorder and ``kubectl get events``/``kubectl events`` use) share the one
+  resourceVersion counter; their field selectors (``involvedObject.name``, ``reason``, ``type``...) and server-side
+  table (LAST SEEN, TYPE, REASON, OBJECT, MESSAGE, and with ``-o wide`` SOURCE, COUNT...) are the apiserver's.
 
 Deliberately left out: other resources, authentication, managedFields and server-side apply, ``limit`` and
-``continue`` paging (servers may return everything), set-based label selectors, dry runs.
+``continue`` paging (servers may return everything), set-based label selectors, dry runs, the TTL after which the
+real server deletes Events (an hour by default), events.k8s.io/v1.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ _REASONS = {
     503: "ServiceUnavailable",
     504: "Timeout",
 }
+_TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)")  # RFC 3339
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
 INITIAL_EVENTS_END = "k8s.io/initial-events-end"
@@ -72,13 +77,15 @@ _NS_MISMATCH = "the namespace of the provided object does not match the namespac
 class ApiError(Exception):
     """An error the API server reports as a ``Status`` object (what clients parse into typed errors)."""
 
-    def __init__(self, code: int, message: str, reason: str | None = None, name: str | None = None) -> None:
+    def __init__(
+        self, code: int, message: str, reason: str | None = None, name: str | None = None, resource: str = "configmaps"
+    ) -> None:
         super().__init__(message)
-        self.code, self.message, self.name = code, message, name
+        self.code, self.message, self.name, self.resource = code, message, name, resource
         self.reason = reason or _REASONS.get(code, "")
 
     def status(self) -> Obj:
-        details: Obj = {"name": self.name, "kind": "configmaps"} if self.name else {}
+        details: Obj = {"name": self.name, "kind": self.resource} if self.name else {}
         return {
             "kind": "Status",
             "apiVersion": "v1",
@@ -95,14 +102,16 @@ class ApiError(Exception):
         return web.json_response(self.status(), status=self.code, headers=headers)
 
 
-def _not_found(name: str) -> ApiError:
-    return ApiError(404, f'configmaps "{name}" not found', name=name)
+def _not_found(name: str, resource: str = "configmaps") -> ApiError:
+    return ApiError(404, f'{resource} "{name}" not found', name=name, resource=resource)
 
 
 def _conflict(
-    name: str, why: str = "the object has been modified; please apply your changes to the latest version and try again"
+    name: str,
+    why: str = "the object has been modified; please apply your changes to the latest version and try again",
+    resource: str = "configmaps",
 ) -> ApiError:
-    return ApiError(409, f'Operation cannot be fulfilled on configmaps "{name}": {why}', name=name)
+    return ApiError(409, f'Operation cannot be fulfilled on {resource} "{name}": {why}', name=name, resource=resource)
 
 
 def _expired(rv: int, oldest: int) -> ApiError:
@@ -132,22 +141,48 @@ Subscriber = Callable[[Event], None]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class ConfigMapStore:
-    """Thread-safe ConfigMap storage with etcd-like revisions and a bounded event history.
+class _Clock:
+    """etcd's one revision counter, shared by every resource."""
+
+    def __init__(self) -> None:
+        self.rv = 1
+
+
+class ObjectStore:
+    """Thread-safe storage of one resource (ConfigMaps, Events) with etcd-like revisions and a bounded event history.
 
     Writes come from the server's loop and, directly, from test threads; watchers are notified through a
-    callback that must be thread-safe (the server uses ``loop.call_soon_threadsafe``).
+    callback that must be thread-safe (the server uses ``loop.call_soon_threadsafe``). The stores of one server
+    share their lock, condition and revision counter (``shared``), as every resource shares etcd's.
     """
 
-    def __init__(self, history_size: int = 1000) -> None:
-        self.lock = threading.RLock()
-        self.changed = threading.Condition(self.lock)  # notified on every write and every request
+    def __init__(
+        self,
+        history_size: int = 1000,
+        *,
+        resource: str = "configmaps",
+        kind: str = "ConfigMap",
+        shared: ObjectStore | None = None,
+    ) -> None:
+        self.resource, self.kind = resource, kind
+        self.validate = _VALIDATORS[kind]
+        self.lock: threading.RLock = shared.lock if shared is not None else threading.RLock()
+        # notified on every write and every request
+        self.changed: threading.Condition = shared.changed if shared is not None else threading.Condition(self.lock)
+        self._clock: _Clock = shared._clock if shared is not None else _Clock()
         self.history_size = history_size
-        self.rv = 1
         self.compacted_rv = 1  # events with rv <= compacted_rv are forgotten; watching from older is 410
         self._objects: dict[Key, Obj] = {}
         self._history: deque[Event] = deque()
         self._subscribers: set[Subscriber] = set()
+
+    @property
+    def rv(self) -> int:
+        return self._clock.rv
+
+    @rv.setter
+    def rv(self, value: int) -> None:
+        self._clock.rv = value
 
     def get(self, ns: str, name: str) -> Obj | None:
         with self.lock:
@@ -180,7 +215,7 @@ class ConfigMapStore:
             meta = obj["metadata"]
             if (meta["namespace"], meta["name"]) in self._objects:
                 name = meta["name"]
-                raise ApiError(409, f'configmaps "{name}" already exists', "AlreadyExists", name)
+                raise ApiError(409, f'{self.resource} "{name}" already exists', "AlreadyExists", name, self.resource)
             meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now())
             return self._commit("ADDED", obj, None)
 
@@ -192,23 +227,24 @@ class ConfigMapStore:
         with self.lock:
             cur = self._objects.get((ns, name))
             if cur is None:
-                raise _not_found(name)
+                raise _not_found(name, self.resource)
             new = change(copy.deepcopy(cur))
             if not isinstance(new, dict) or not isinstance(new.get("metadata"), dict):
-                raise ApiError(422, f'ConfigMap "{name}" is invalid: the result is not an object')
+                raise ApiError(422, f'{self.kind} "{name}" is invalid: the result is not an object')
             meta, cur_meta = new["metadata"], cur["metadata"]
             if meta.get("resourceVersion") not in (None, "", cur_meta["resourceVersion"]):
-                raise _conflict(name)
+                raise _conflict(name, resource=self.resource)
             if meta.get("uid") not in (None, "", cur_meta["uid"]):
                 raise _conflict(
                     name,
                     f"Precondition failed: UID in precondition: {cur_meta['uid']}, UID in object meta: {meta['uid']}",
+                    self.resource,
                 )
             for system_field in ("uid", "resourceVersion", "creationTimestamp"):
                 meta[system_field] = cur_meta[system_field]
             meta.update(name=name, namespace=ns)
-            _validate(new)
-            new.update(kind="ConfigMap", apiVersion="v1")
+            self.validate(new)
+            new.update(kind=self.kind, apiVersion="v1")
             if new == cur:  # etcd skips identical writes: no new resourceVersion, no event
                 return copy.deepcopy(cur)
             return self._commit("MODIFIED", new, cur)
@@ -217,9 +253,9 @@ class ConfigMapStore:
         with self.lock:
             cur = self._objects.get((ns, name))
             if cur is None:
-                raise _not_found(name)
+                raise _not_found(name, self.resource)
             if (rv and rv != cur["metadata"]["resourceVersion"]) or (uid and uid != cur["metadata"]["uid"]):
-                raise _conflict(name, "Precondition failed")
+                raise _conflict(name, "Precondition failed", self.resource)
             return self._commit("DELETED", copy.deepcopy(cur), cur)
 
     def subscribe(self, callback: Subscriber, rv: str) -> tuple[list[Event], int]:
@@ -288,10 +324,9 @@ def _parse_rv(rv: str) -> int:
         raise ApiError(400, f"invalid resource version: {rv}") from None
 
 
-def _validate(obj: Obj) -> None:
+def _validate_configmap(obj: Obj) -> None:
     """Reject what the real server cannot even decode (non-string data values) or would not accept."""
-    if obj.get("kind", "ConfigMap") != "ConfigMap" or obj.get("apiVersion", "v1") != "v1":
-        raise ApiError(400, f"expected ConfigMap v1, got {obj.get('kind')} {obj.get('apiVersion')}")
+    _check_kind(obj, "ConfigMap")
     meta = obj["metadata"]
     for section, parent in (("data", obj), ("binaryData", obj), ("labels", meta), ("annotations", meta)):
         value = parent.get(section)
@@ -299,15 +334,59 @@ def _validate(obj: Obj) -> None:
             continue
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
             raise ApiError(400, f"json: cannot unmarshal {section} into map[string]string")
-    name = meta.get("name", "")
+    _check_name(obj, "ConfigMap")
+
+
+def _validate_event(obj: Obj) -> None:
+    """A core/v1 Event as the apiserver decodes and validates it (its legacy rules: an Event without eventTime)."""
+    _check_kind(obj, "Event")
+    for field_name in ("involvedObject", "source", "metadata"):
+        if not isinstance(obj.get(field_name, {}), dict):
+            raise ApiError(400, f"json: cannot unmarshal {field_name} into Go struct field Event.{field_name}")
+    for field_name in ("reason", "message", "type", "reportingComponent", "reportingInstance", "action"):
+        if not isinstance(obj.get(field_name, ""), str):
+            message = f"json: cannot unmarshal {field_name} into Go struct field Event.{field_name} of type string"
+            raise ApiError(400, message)
+    count = obj.get("count", 0)
+    if count is not None and (not isinstance(count, int) or isinstance(count, bool) or not -(2**31) <= count < 2**31):
+        raise ApiError(400, "json: cannot unmarshal count into Go struct field Event.count of type int32")
+    for field_name in ("firstTimestamp", "lastTimestamp"):
+        value = obj.get(field_name)
+        if value is not None and not (isinstance(value, str) and _TIME_RE.fullmatch(value)):
+            raise ApiError(400, f'parsing time "{value}" as "2006-01-02T15:04:05Z07:00": cannot parse')
+    _check_name(obj, "Event")
+    involved_ns = (obj.get("involvedObject") or {}).get("namespace", "")
+    if involved_ns and involved_ns != obj["metadata"]["namespace"]:
+        name = obj["metadata"]["name"]
+        raise ApiError(
+            422,
+            f'Event "{name}" is invalid: involvedObject.namespace: Invalid value: "{involved_ns}": '
+            "does not match event.namespace",
+            name=name,
+            resource="events",
+        )
+
+
+def _check_kind(obj: Obj, kind: str) -> None:
+    if obj.get("kind", kind) != kind or obj.get("apiVersion", "v1") != "v1":
+        raise ApiError(400, f"expected {kind} v1, got {obj.get('kind')} {obj.get('apiVersion')}")
+
+
+def _check_name(obj: Obj, kind: str) -> None:
+    name = obj["metadata"].get("name", "")
     if len(name) > 253 or not _NAME_RE.match(name):
         raise ApiError(
             422,
-            f'ConfigMap "{name}" is invalid: metadata.name: Invalid value: "{name}": '
+            f'{kind} "{name}" is invalid: metadata.name: Invalid value: "{name}": '
             "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, "
             "'-' or '.'",
             name=name,
+            resource=_RESOURCES[kind],
         )
+
+
+_VALIDATORS: dict[str, Callable[[Obj], None]] = {"ConfigMap": _validate_configmap, "Event": _validate_event}
+_RESOURCES = {"ConfigMap": "configmaps", "Event": "events"}
 
 
 # --- patches ------------------------------------------------------------------------------------------------
@@ -470,15 +549,40 @@ def decode_configmap_protobuf(body: bytes) -> Obj:
 # --- selectors ----------------------------------------------------------------------------------------------
 
 
-def selector(field_selector: str, label_selector: str) -> Callable[[Obj], bool]:
-    """Build a predicate from ``fieldSelector`` (metadata.name / metadata.namespace) and equality-based
-    ``labelSelector`` terms (``k=v``, ``k==v``, ``k!=v``, ``k``, ``!k``)."""
+# The fields each resource can be selected by (the apiserver's ToSelectableFields): a dotted path into the object.
+_META_FIELDS = ("metadata.name", "metadata.namespace")
+_EVENT_FIELDS = (
+    *_META_FIELDS,
+    *(
+        f"involvedObject.{f}"
+        for f in ("kind", "namespace", "name", "uid", "apiVersion", "resourceVersion", "fieldPath")
+    ),
+    "reason",
+    "reportingComponent",
+    "source",
+    "type",
+)
+_FIELDS = {"configmaps": _META_FIELDS, "events": _EVENT_FIELDS}
+
+
+def _field(obj: Obj, path: str) -> str:
+    if path == "source":  # an Event's source: its component, else the reporting controller
+        return str((obj.get("source") or {}).get("component") or obj.get("reportingComponent") or "")
+    value: Any = obj
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return "" if value is None else str(value)
+
+
+def selector(field_selector: str, label_selector: str, resource: str = "configmaps") -> Callable[[Obj], bool]:
+    """Build a predicate from ``fieldSelector`` (metadata.name / metadata.namespace, and an Event's own fields) and
+    equality-based ``labelSelector`` terms (``k=v``, ``k==v``, ``k!=v``, ``k``, ``!k``)."""
     requirements: list[tuple[bool, str, str, str]] = []  # (on labels?, key, "=" | "!=" | "in" | "!in", value)
     for term in filter(None, (t.strip() for t in field_selector.split(","))):
         m = re.fullmatch(r"([^=!]+)(==|=|!=)(.*)", term)
-        if not m or m[1] not in ("metadata.name", "metadata.namespace"):
+        if not m or m[1] not in _FIELDS[resource]:
             raise ApiError(400, f"field label not supported: {m[1] if m else term}")
-        requirements.append((False, m[1].removeprefix("metadata."), "!=" if m[2] == "!=" else "=", m[3]))
+        requirements.append((False, m[1], "!=" if m[2] == "!=" else "=", m[3]))
     for term in filter(None, (t.strip() for t in label_selector.split(","))):
         m = re.fullmatch(r"(!?)([A-Za-z0-9._/-]+)(?:(==|=|!=)([A-Za-z0-9._-]*))?", term)
         if not m:
@@ -489,11 +593,11 @@ def selector(field_selector: str, label_selector: str) -> Callable[[Obj], bool]:
 
     def match(obj: Obj) -> bool:
         for on_labels, key, op, want in requirements:
-            source = (obj["metadata"].get("labels") or {}) if on_labels else obj["metadata"]
+            labels = obj["metadata"].get("labels") or {}
             if op in ("in", "!in"):
-                ok = (key in source) == (op == "in")
+                ok = (key in labels) == (op == "in")
             else:
-                ok = (source.get(key) == want) == (op == "=")
+                ok = ((labels.get(key) if on_labels else _field(obj, key)) == want) == (op == "=")
             if not ok:
                 return False
         return True
@@ -519,6 +623,13 @@ class RequestRecord:
     query: dict[str, str]
     verb: str  # get | list | watch | create | update | patch | delete | discovery
     content_type: str
+    resource: str = "configmaps"  # or "events"; "" for discovery
+
+
+def _concerns(record_resource: str, resource: str | None) -> bool:
+    """Whether a request on `record_resource` counts for (or is failed by) what names `resource`: None is every
+    resource, and discovery, which has none, counts for each."""
+    return resource is None or record_resource in (resource, "")
 
 
 @dataclass
@@ -527,6 +638,7 @@ class _Fault:
     remaining: int
     status: int | None  # None: hang until release_hung() or stop()
     message: str = "injected failure"
+    resource: str | None = "configmaps"
 
 
 @dataclass(eq=False)
@@ -549,7 +661,9 @@ class KubeAPIServer:
     ) -> None:
         self.host, self.port = host, port
         self.bookmark_interval = bookmark_interval
-        self.store = ConfigMapStore(history_size)
+        self.store = ObjectStore(history_size)  # ConfigMaps
+        self.event_store = ObjectStore(history_size, resource="events", kind="Event", shared=self.store)
+        self._stores = {"configmaps": self.store, "events": self.event_store}
         self.requests: list[RequestRecord] = []
         self._faults: list[_Fault] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -558,6 +672,7 @@ class KubeAPIServer:
         self._watches: set[_Watch] = set()
         self._hung: dict[int, web.Request] = {}
         self._release: asyncio.Event | None = None
+        self._sock: socket.socket | None = None  # the listening socket
 
     # --- lifecycle ------------------------------------------------------------------------------------------
 
@@ -644,6 +759,10 @@ class KubeAPIServer:
     def configmaps(self, namespace: str | None = None) -> list[Obj]:
         return self.store.snapshot(namespace)[0]
 
+    def events(self, namespace: str | None = None) -> list[Obj]:
+        """The Events stored now (core/v1), ordered by namespace and name."""
+        return self.event_store.snapshot(namespace)[0]
+
     def set_configmap(
         self, name: str, data: dict[str, str], namespace: str = "default", labels: dict[str, str] | None = None
     ) -> Obj:
@@ -658,7 +777,7 @@ class KubeAPIServer:
             obj["metadata"]["labels"] = dict(labels)
         with self.store.lock:
             if self.store.get(namespace, name) is None:
-                _validate(obj)
+                _validate_configmap(obj)
                 return self.store.create(obj)
 
             def overwrite(cur: Obj) -> Obj:
@@ -679,16 +798,23 @@ class KubeAPIServer:
     def compact(self, keep: int = 0) -> None:
         self.store.compact(keep)
 
-    def fail(self, verb: str, times: int = 1, status: int = 500, message: str = "injected failure") -> None:
+    def fail(
+        self,
+        verb: str,
+        times: int = 1,
+        status: int = 500,
+        message: str = "injected failure",
+        resource: str | None = "configmaps",
+    ) -> None:
         """Make the next ``times`` requests of ``verb`` (get, list, watch, create, update, patch, delete,
-        discovery, or ``*``) fail with a Status of code ``status``."""
+        discovery, or ``*``) on ``resource`` (``events``; None: any) fail with a Status of code ``status``."""
         with self.store.lock:
-            self._faults.append(_Fault(verb, times, status, message))
+            self._faults.append(_Fault(verb, times, status, message, resource))
 
-    def hang(self, verb: str, times: int = 1) -> None:
+    def hang(self, verb: str, times: int = 1, resource: str | None = "configmaps") -> None:
         """Make the next ``times`` requests of ``verb`` hang until ``release_hung()`` or ``stop()``."""
         with self.store.lock:
-            self._faults.append(_Fault(verb, times, None))
+            self._faults.append(_Fault(verb, times, None, resource=resource))
 
     def release_hung(self) -> None:
         """Let the requests hung so far proceed normally (later ``hang`` faults hang again)."""
@@ -704,9 +830,15 @@ class KubeAPIServer:
         with self.store.lock:
             self._faults.clear()
 
-    def request_count(self, verb: str | None = None, method: str | None = None) -> int:
+    def request_count(
+        self, verb: str | None = None, method: str | None = None, resource: str | None = "configmaps"
+    ) -> int:
         with self.store.lock:
-            return sum(1 for r in self.requests if verb in (None, r.verb) and method in (None, r.method))
+            return sum(
+                1
+                for r in self.requests
+                if verb in (None, r.verb) and method in (None, r.method) and _concerns(r.resource, resource)
+            )
 
     @property
     def watch_count(self) -> int:
@@ -746,14 +878,16 @@ class KubeAPIServer:
         app.router.add_get("/openapi/v3/api/v1", self._openapi_v1)
         for probe in ("/healthz", "/readyz", "/livez"):
             app.router.add_get(probe, self._ok)
-        app.router.add_get("/api/v1/configmaps", self._collection)
-        app.router.add_route("*", "/api/v1/namespaces/{ns}/configmaps", self._collection)
-        app.router.add_route("*", "/api/v1/namespaces/{ns}/configmaps/{name}", self._item)
+        resource = "{resource:configmaps|events}"
+        app.router.add_get(f"/api/v1/{resource}", self._collection)
+        app.router.add_route("*", f"/api/v1/namespaces/{{ns}}/{resource}", self._collection)
+        app.router.add_route("*", f"/api/v1/namespaces/{{ns}}/{resource}/{{name}}", self._item)
         self._runner = web.AppRunner(
             app, handle_signals=False, handler_cancellation=True, shutdown_timeout=1.0, access_log=None
         )
         await self._runner.setup()
         await web.SockSite(self._runner, sock).start()
+        self._sock = sock
 
     async def _astop(self, abort: bool) -> None:
         await self._end_watches(abort)
@@ -761,6 +895,12 @@ class KubeAPIServer:
             if request.transport is not None:
                 request.transport.abort()
         if self._runner is not None:
+            # Stop accepting first, and let the connections already accepted be made: asyncio (3.11) drops a socket
+            # accepted but not yet made when its server closes, unclosed (a ResourceWarning, a flaky test).
+            if self._sock is not None and self._sock.fileno() != -1:
+                asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            for _ in range(5):
+                await asyncio.sleep(0)
             await self._runner.cleanup()
             self._runner = None
 
@@ -776,13 +916,26 @@ class KubeAPIServer:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         verb = _verb(request)
+        resource = request.match_info.get("resource", "")
         with self.store.changed:
             self.requests.append(
                 RequestRecord(
-                    request.method, request.path, dict(request.query), verb, request.headers.get("Content-Type", "")
+                    request.method,
+                    request.path,
+                    dict(request.query),
+                    verb,
+                    request.headers.get("Content-Type", ""),
+                    resource,
                 )
             )
-            fault = next((f for f in self._faults if f.verb in (verb, "*") and f.remaining > 0), None)
+            fault = next(
+                (
+                    f
+                    for f in self._faults
+                    if f.verb in (verb, "*") and _concerns(resource, f.resource) and f.remaining > 0
+                ),
+                None,
+            )
             if fault is not None:
                 fault.remaining -= 1
             self.store.changed.notify_all()
@@ -808,33 +961,39 @@ class KubeAPIServer:
 
     async def _collection(self, request: web.Request) -> web.StreamResponse:
         ns = request.match_info.get("ns")
+        store = self._stores[request.match_info["resource"]]
         if request.method == "POST" and ns is not None:
-            return await self._create(request, ns)
+            return await self._create(request, store, ns)
         if request.method != "GET":
             raise web.HTTPMethodNotAllowed(request.method, ["GET", "POST"])
         q = request.query
-        selected = selector(q.get("fieldSelector", ""), q.get("labelSelector", ""))
+        selected = selector(q.get("fieldSelector", ""), q.get("labelSelector", ""), store.resource)
 
         def match(obj: Obj) -> bool:
             return (ns is None or obj["metadata"]["namespace"] == ns) and selected(obj)
 
         if parse_bool(q.get("watch"), "watch"):
-            return await self._watch(request, ns, match)
+            return await self._watch(request, store, match)
         rv, rv_match = q.get("resourceVersion", ""), q.get("resourceVersionMatch", "")
         exact = rv_match == "Exact"
         if rv_match and (rv_match not in ("Exact", "NotOlderThan") or not rv or (exact and rv == "0")):
             raise ApiError(422, f"resourceVersionMatch: Invalid value: {rv_match!r} (resourceVersion {rv!r})")
         since = _parse_rv(rv) if rv not in ("", "0") else None
-        items, list_rv = self.store.snapshot(ns, since, exact=exact)
+        items, list_rv = store.snapshot(ns, since, exact=exact)
         items = [o for o in items if match(o)]
         if table := _as_table(request, items, str(list_rv)):
             return web.json_response(table)
         items = [{k: v for k, v in o.items() if k not in ("kind", "apiVersion")} for o in items]
         return web.json_response(
-            {"kind": "ConfigMapList", "apiVersion": "v1", "metadata": {"resourceVersion": str(list_rv)}, "items": items}
+            {
+                "kind": f"{store.kind}List",
+                "apiVersion": "v1",
+                "metadata": {"resourceVersion": str(list_rv)},
+                "items": items,
+            }
         )
 
-    async def _create(self, request: web.Request, ns: str) -> web.Response:
+    async def _create(self, request: web.Request, store: ObjectStore, ns: str) -> web.Response:
         obj = await _body(request)
         meta = obj.setdefault("metadata", {})
         if meta.get("namespace", ns) != ns:
@@ -844,18 +1003,21 @@ class KubeAPIServer:
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = meta["generateName"] + "".join(random.choices("bcdfghjklmnpqrstvwxz2456789", k=5))
         if not meta.get("name"):
-            raise ApiError(422, "ConfigMap is invalid: metadata.name: Required value: name or generateName is required")
+            raise ApiError(
+                422, f"{store.kind} is invalid: metadata.name: Required value: name or generateName is required"
+            )
         meta.update(namespace=ns)
-        obj.update(kind="ConfigMap", apiVersion="v1")
-        _validate(obj)
-        return web.json_response(self.store.create(obj), status=201)
+        obj.update(kind=store.kind, apiVersion="v1")
+        store.validate(obj)
+        return web.json_response(store.create(obj), status=201)
 
     async def _item(self, request: web.Request) -> web.Response:
         ns, name = request.match_info["ns"], request.match_info["name"]
+        store = self._stores[request.match_info["resource"]]
         if request.method == "GET":
-            obj = self.store.get(ns, name)
+            obj = store.get(ns, name)
             if obj is None:
-                raise _not_found(name)
+                raise _not_found(name, store.resource)
             return web.json_response(_as_table(request, [obj], obj["metadata"]["resourceVersion"]) or obj)
         if request.method == "PUT":
             body = await _body(request)
@@ -866,21 +1028,23 @@ class KubeAPIServer:
                 )
             if body.get("metadata", {}).get("namespace", ns) != ns:
                 raise ApiError(400, _NS_MISMATCH)
-            return web.json_response(self.store.update(ns, name, lambda cur: body))
+            return web.json_response(store.update(ns, name, lambda cur: body))
         if request.method == "PATCH":
-            return web.json_response(self.store.update(ns, name, await _patcher(request)))
+            return web.json_response(store.update(ns, name, await _patcher(request)))
         if request.method == "DELETE":
             raw = await request.read()
             options = json.loads(raw) if raw.strip() and request.content_type.endswith("json") else {}
             pre = options.get("preconditions") or {}
-            deleted = self.store.delete(ns, name, pre.get("resourceVersion"), pre.get("uid"))
-            details = {"name": name, "kind": "configmaps", "uid": deleted["metadata"]["uid"]}
+            deleted = store.delete(ns, name, pre.get("resourceVersion"), pre.get("uid"))
+            details = {"name": name, "kind": store.resource, "uid": deleted["metadata"]["uid"]}
             return web.json_response(
                 {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}
             )
         raise web.HTTPMethodNotAllowed(request.method, ["GET", "PUT", "PATCH", "DELETE"])
 
-    async def _watch(self, request: web.Request, ns: str | None, match: Callable[[Obj], bool]) -> web.StreamResponse:
+    async def _watch(
+        self, request: web.Request, store: ObjectStore, match: Callable[[Obj], bool]
+    ) -> web.StreamResponse:
         q = request.query
         bookmarks = parse_bool(q.get("allowWatchBookmarks"), "allowWatchBookmarks")
         initial_events = parse_bool(q.get("sendInitialEvents"), "sendInitialEvents")
@@ -901,7 +1065,7 @@ class KubeAPIServer:
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         try:
             rv = "" if initial_events else q.get("resourceVersion", "")
-            initial, last_rv = self.store.subscribe(push, rv)
+            initial, last_rv = store.subscribe(push, rv)
         except ApiError as exc:
             if exc.code != 410:
                 raise
@@ -922,7 +1086,7 @@ class KubeAPIServer:
             meta: Obj = {"resourceVersion": str(last_rv)}
             if annotations:
                 meta["annotations"] = annotations
-            return {"kind": "ConfigMap", "apiVersion": "v1", "metadata": meta}
+            return {"kind": store.kind, "apiVersion": "v1", "metadata": meta}
 
         try:
             await response.prepare(request)
@@ -955,7 +1119,7 @@ class KubeAPIServer:
         except ConnectionError:  # the client went away
             pass
         finally:
-            self.store.unsubscribe(push)
+            store.unsubscribe(push)
             with self.store.lock:
                 self._watches.discard(watch)
                 self.store.changed.notify_all()
@@ -1007,7 +1171,16 @@ class KubeAPIServer:
                         "verbs": _VERBS,
                         "shortNames": ["cm"],
                         "storageVersionHash": "qFsyl6wFWjQ=",
-                    }
+                    },
+                    {
+                        "name": "events",
+                        "singularName": "event",
+                        "namespaced": True,
+                        "kind": "Event",
+                        "verbs": _VERBS,
+                        "shortNames": ["ev"],
+                        "storageVersionHash": "r2yiGXH7wu8=",
+                    },
                 ],
             }
         )
@@ -1042,20 +1215,73 @@ class KubeAPIServer:
         return web.Response(text="ok")
 
 
+def _column(name: str, priority: int = 0, fmt: str = "") -> Obj:
+    return {"name": name, "type": "string", "format": fmt, "description": name, "priority": priority}
+
+
+# Upstream's printers (pkg/printers/internalversion): the server always sends every column (priority 1: only with
+# `kubectl get -o wide`), and kubectl drops what it does not show.
+_COLUMNS = {
+    "configmaps": [_column("Name", fmt="name"), _column("Data"), _column("Age")],
+    "events": [
+        _column("Last Seen"),
+        _column("Type"),
+        _column("Reason"),
+        _column("Object"),
+        _column("Subobject", 1),
+        _column("Source", 1),
+        _column("Message"),
+        _column("First Seen", 1),
+        _column("Count", 1),
+        _column("Name", 1, fmt="name"),
+    ],
+}
+
+
+def _cells(obj: Obj) -> list[Any]:
+    if obj.get("kind") != "Event":
+        size = len(obj.get("data") or {}) + len(obj.get("binaryData") or {})
+        return [obj["metadata"]["name"], size, _age(obj["metadata"]["creationTimestamp"])]
+    first = _age(obj.get("firstTimestamp"))
+    if first == _UNKNOWN:
+        first = _age(obj.get("eventTime"))
+    last = _age(obj.get("lastTimestamp"))
+    if last == _UNKNOWN:
+        last = first
+    count = obj.get("count") or 1  # singleton events of the new API have none
+    if obj.get("series"):
+        last, count = _age(obj["series"].get("lastObservedTime")), obj["series"].get("count", count)
+    involved = obj.get("involvedObject") or {}
+    target = str(involved.get("kind", "")).lower()
+    target += f"/{involved['name']}" if involved.get("name") else ""
+    source = obj.get("source") or {}
+    component = source.get("component") or obj.get("reportingComponent") or ""
+    instance = source.get("host") or obj.get("reportingInstance") or ""
+    shown_source = "<unknown>" if not component else f"{component}, {instance}" if instance else component
+    return [
+        last,
+        obj.get("type", ""),
+        obj.get("reason", ""),
+        target,
+        involved.get("fieldPath", ""),
+        shown_source,
+        str(obj.get("message", "")).strip(),
+        first,
+        count,
+        obj["metadata"]["name"],
+    ]
+
+
 def _as_table(request: web.Request, items: list[Obj], rv: str) -> Obj | None:
-    """Server-side printing, which ``kubectl get`` asks for (``as=Table``): NAME, DATA, AGE like upstream."""
+    """Server-side printing, which ``kubectl get`` asks for (``as=Table``): for ConfigMaps NAME, DATA, AGE, for
+    Events LAST SEEN, TYPE, REASON, OBJECT, MESSAGE (and more with ``-o wide``), like upstream."""
     if "as=Table" not in request.headers.get("Accept", ""):
         return None
     include = request.query.get("includeObject", "PartialObjectMetadata")
-    columns = [
-        {"name": "Name", "type": "string", "format": "name", "description": "Name", "priority": 0},
-        {"name": "Data", "type": "string", "format": "", "description": "Data", "priority": 0},
-        {"name": "Age", "type": "string", "format": "", "description": "Age", "priority": 0},
-    ]
+    columns = _COLUMNS[request.match_info.get("resource", "configmaps")]
     rows = []
     for obj in items:
-        size = len(obj.get("data") or {}) + len(obj.get("binaryData") or {})
-        row: Obj = {"cells": [obj["metadata"]["name"], size, _age(obj["metadata"]["creationTimestamp"])]}
+        row: Obj = {"cells": _cells(obj)}
         if include == "Object":
             row["object"] = obj
         elif include != "None":
@@ -1074,9 +1300,14 @@ def _as_table(request: web.Request, items: list[Obj], rv: str) -> Obj | None:
     }
 
 
-def _age(timestamp: str) -> str:
-    """apimachinery's HumanDuration, coarsened: 45s, 3m20s, 15m, 2h5m, 20h, 3d."""
-    created = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+_UNKNOWN = "<unknown>"
+
+
+def _age(timestamp: str | None) -> str:
+    """apimachinery's HumanDuration, coarsened: 45s, 3m20s, 15m, 2h5m, 20h, 3d; `<unknown>` for no time."""
+    if not timestamp:
+        return _UNKNOWN
+    created = datetime.fromisoformat(timestamp)
     s = max(0, int((datetime.now(UTC) - created).total_seconds()))
     m, h = s // 60, s // 3600
     if s < 120:
@@ -1091,7 +1322,7 @@ def _age(timestamp: str) -> str:
 
 
 def _verb(request: web.Request) -> str:
-    if "/configmaps" not in request.path:
+    if not request.match_info.get("resource"):
         return "discovery"
     if request.method == "GET":
         if "name" in request.match_info:

@@ -1,5 +1,6 @@
-"""The Kubernetes API as the ConfigMap store sees it: the client's configuration, bounded calls on one ConfigMap,
-the wording of what went wrong (for people: logs, /switch errors), and the backoff between attempts.
+"""The Kubernetes API as the ConfigMap store sees it: the client's configuration, bounded calls on one ConfigMap (and
+on the Events about it), the wording of what went wrong (for people: logs, /switch errors), and the backoff between
+attempts.
 
 Errors leave this module as ours: `Refused` when the API server answered with an error status, `StoreError` when
 it could not be reached or did not answer in time.
@@ -23,6 +24,7 @@ from ..interface import StoreError
 
 BACKOFF_START, BACKOFF_CAP = 0.2, 2.0  # seconds: reconnects and retries double from 0.2 s up to 2 s, with jitter
 MERGE_PATCH = "application/merge-patch+json"
+EVENT_CREATE, EVENT_PATCH = "create an Event about", "patch an Event about"  # what a refusal's message says
 LABELS = {"app.kubernetes.io/name": "bgproxy"}  # on a ConfigMap bgproxy creates
 
 # A transport failure, as the client raises it: the API server was not reached, or did not answer in time.
@@ -127,6 +129,16 @@ class ConfigMapApi:
         call = self._v1.patch_namespaced_config_map
         return self._call("patch", call, self.name, self.namespace, patch, _content_type=MERGE_PATCH)
 
+    def create_event(self, event: dict[str, Any]) -> dict[str, Any]:
+        """Create a core/v1 Event in the ConfigMap's namespace (`Refused` with 409 when one of its name exists)."""
+        return self._call(EVENT_CREATE, self._v1.create_namespaced_event, self.namespace, event)
+
+    def patch_event(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """Merge `patch` into the Event `name`. An empty patch changes nothing and answers the Event as it is: the
+        read that RBAC's create and patch on events allow."""
+        call = self._v1.patch_namespaced_event
+        return self._call(EVENT_PATCH, call, name, self.namespace, patch, _content_type=MERGE_PATCH)
+
     def watch(self, resource_version: str, *, seconds: int, read_timeout: float) -> urllib3.BaseHTTPResponse:
         """Open a watch from `resource_version` that the server ends after `seconds`; the caller streams it.
 
@@ -183,7 +195,9 @@ class ConfigMapApi:
 
     def refusal(self, what: str, status: int, message: str) -> Refused:
         text = f"the Kubernetes API server refused to {what} {self.where}: {status} {message}"
-        if status in (401, 403):
+        if status in (401, 403) and what in (EVENT_CREATE, EVENT_PATCH):
+            text += " (the service account needs create and patch on events: see deploy/base/rbac.yaml)"
+        elif status in (401, 403):
             text += (
                 f" (the service account needs get, list, watch and patch on configmaps/{self.name}, and create "
                 "to create it: see deploy/base/rbac.yaml)"

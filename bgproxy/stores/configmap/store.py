@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("bgproxy.configmap")
 
 
+def _nobody(state: State) -> None:
+    return None
+
+
 def rv_number(rv: str | None) -> int | None:
     """A resourceVersion as the integer it is on kube-apiserver (an etcd revision); None if it is not one."""
     try:
@@ -58,6 +62,7 @@ class ConfigMapStore:
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
+        self._owned: Callable[[State], None] = _nobody  # told of the edits whose normalising write was ours
 
     @property
     def where(self) -> str:
@@ -115,6 +120,9 @@ class ConfigMapStore:
                 continue
             self._handed = seq
             yield state
+
+    def on_owned(self, callback: Callable[[State], None]) -> None:
+        self._owned = callback
 
     def describe(self) -> dict[str, object]:
         return {
@@ -241,6 +249,8 @@ class ConfigMapStore:
             return str(exc)
         self._adopt_version(obj)
         log(logger, "configmap_normalised", revision=state.revision, resource_version=self._rv)
+        # The precondition let exactly one replica's write of this edit through: this one owns the change.
+        self._owned(state)
         return None
 
     async def _recreate(self, state: State) -> None:

@@ -1,46 +1,185 @@
-"""Prometheus metrics, in one private registry served on the admin port.
+"""Prometheus metrics, in one private registry served on the admin port, and each colour's live figures.
 
 The per-request figures (requests, durations, in-flight) are plain integers in one `ColorStats` per colour,
 turned into metric families only when Prometheus scrapes: the data plane pays a dict update and a bisect per
-request instead of prometheus-client's locks. Everything rarer uses prometheus-client's own objects.
+request instead of prometheus-client's locks. Everything rarer uses prometheus-client's own objects. The live
+figures over the last ANALYSIS_WINDOW (`LiveWindow`: what the automatic rollback judges and /state shows) are
+counters per time slot, so a request costs the same however busy the colour is, and memory stays bounded.
 """
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from collections.abc import Iterator
+from itertools import compress
+from math import log
+from time import perf_counter
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 
+from .core.analysis import BreachKind, Figures
 from .core.model import Color, State
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds; proxied requests are usually milliseconds, websockets and downloads can last minutes.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, float("inf"))
 ERROR_KINDS = ("connect", "timeout", "reset", "protocol")
+BREACH_KINDS: tuple[BreachKind, ...] = ("error_rate", "latency")
+
+# The live window's latency histogram: log-spaced buckets, each 4% wider than the one below, so a percentile read
+# as its bucket's geometric middle is within 2% of the true value; from 10 µs (and below) to an hour (and above).
+LATENCY_GROWTH = 1.04
+LATENCY_MIN, LATENCY_MAX = 1e-5, 3600.0
+_SCALE = 1 / log(LATENCY_GROWTH)
+_OFFSET = -math.floor(log(LATENCY_MIN) * _SCALE)  # bucket 0 ends at LATENCY_MIN
+LATENCY_BUCKETS = math.ceil(log(LATENCY_MAX) * _SCALE) + _OFFSET + 1
+_TOP = LATENCY_BUCKETS - 1
+MAX_SLOTS = 60  # a window longer than a minute gets wider slots (an hour: one per minute), not more of them
+
+
+def latency_bucket(seconds: float) -> int:
+    """The histogram bucket of a duration (what `LiveWindow.record` computes inline)."""
+    if seconds <= LATENCY_MIN:
+        return 0
+    i = int(log(seconds) * _SCALE + _OFFSET)
+    return i if i < _TOP else _TOP
+
+
+def bucket_value(i: int) -> float:
+    """The duration a bucket stands for: its geometric middle."""
+    return math.exp((i + 0.5 - _OFFSET) / _SCALE)
+
+
+class _Slot:
+    """What ended in one time slot: requests, 5xx answers and a latency histogram."""
+
+    __slots__ = ("errors", "latency", "requests", "tick")
+
+    def __init__(self) -> None:
+        self.clear(-1)
+
+    def clear(self, tick: int) -> None:
+        self.tick = tick
+        self.requests = 0
+        self.errors = 0
+        self.latency = [0] * LATENCY_BUCKETS
+
+
+class LiveWindow:
+    """One colour's requests, 5xx share and latency over a sliding window, in a ring of time slots.
+
+    O(1) per request (a slot's counters and one histogram bucket), bounded memory (at most MAX_SLOTS + 1 slots).
+    Requests are counted when they end, and only those that started after `mark`: the colour's figures then
+    describe what it does since it began getting its current traffic, not what it did before. Websockets (101) are
+    not requests here: they are counted in flight only. Clocks are `perf_counter()` seconds.
+    """
+
+    __slots__ = ("rate", "seconds", "since", "slot", "slots", "tick")
+
+    def __init__(self, seconds: float, *, now: float) -> None:
+        self.seconds = seconds
+        n = min(math.ceil(seconds), MAX_SLOTS)
+        self.rate = n / seconds  # slots per second
+        self.slots = [_Slot() for _ in range(n + 1)]  # the window's slots and the one now filling
+        self.since = now
+        self.tick = -1
+        self.slot = self.slots[0]
+
+    def record(self, code: int, started: float, now: float) -> None:
+        if started < self.since or code == 101:
+            return
+        tick = int(now * self.rate)
+        slot = self.slot
+        if tick != self.tick:  # the first request of a new slot: it replaces the oldest one
+            self.tick = tick
+            slot = self.slot = self.slots[tick % len(self.slots)]
+            if slot.tick != tick:
+                slot.clear(tick)
+        slot.requests += 1
+        if 500 <= code < 600:
+            slot.errors += 1
+        seconds = now - started
+        if seconds > LATENCY_MIN:
+            i = int(log(seconds) * _SCALE + _OFFSET)
+            slot.latency[i if i < _TOP else _TOP] += 1
+        else:
+            slot.latency[0] += 1
+
+    def mark(self, now: float) -> None:
+        """Forget everything so far: from now on only requests that start from `now` count."""
+        self.since = now
+        for slot in self.slots:
+            slot.clear(-1)
+        self.tick = -1
+
+    def figures(self, now: float, inflight: int = 0) -> Figures:
+        """Requests that ended within the window (and started after the mark), their 5xx count, p50 and p99."""
+        tick = int(now * self.rate)
+        oldest = tick - len(self.slots) + 1
+        live = [s for s in self.slots if oldest <= s.tick <= tick and s.requests]
+        requests = sum(s.requests for s in live)
+        span = min(self.seconds, now - self.since)
+        if not requests:
+            return Figures(inflight=inflight, span=span)
+        merged = [sum(column) for column in zip(*(s.latency for s in live), strict=True)]
+        return Figures(
+            requests=requests,
+            errors=sum(s.errors for s in live),
+            p50=_quantile(merged, requests, 0.50),
+            p99=_quantile(merged, requests, 0.99),
+            inflight=inflight,
+            span=span,
+        )
+
+
+def _quantile(histogram: list[int], n: int, q: float) -> float:
+    """The smallest bucket value at or below which a share `q` of the `n` counted durations lie."""
+    rank = max(1, math.ceil(q * n))
+    seen = 0
+    for i in compress(range(len(histogram)), histogram):
+        seen += histogram[i]
+        if seen >= rank:
+            return bucket_value(i)
+    raise AssertionError("the histogram holds fewer durations than counted")
 
 
 class ColorStats:
-    """Counters of one colour, updated by the data plane without any lookup by label."""
+    """Counters of one colour, updated by the data plane without any lookup by label.
 
-    __slots__ = ("buckets", "color", "inflight", "requests", "sum")
+    `live` counts what is in flight as live traffic (not previews: the drained signal's count), `quiet_since` is
+    when it last became 0 (perf_counter). Both are kept by the data plane (`Exchange`), beside `inflight`.
+    """
 
-    def __init__(self, color: Color) -> None:
+    __slots__ = ("buckets", "color", "inflight", "live", "quiet_since", "requests", "sum", "window")
+
+    def __init__(self, color: Color, *, window: float = 30.0) -> None:
+        now = perf_counter()
         self.color = color
         self.inflight = 0
+        self.live = 0
+        self.quiet_since = now
         self.requests: dict[tuple[bytes, int], int] = {}
         self.buckets = [0] * len(BUCKETS)
         self.sum = 0.0
+        self.window = LiveWindow(window, now=now)
 
-    def done(self, method: bytes, code: int, seconds: float) -> None:
+    def done(self, method: bytes, code: int, started: float, now: float) -> float:
+        """Count an exchange that started at `started` and ended `now` (perf_counter); returns its duration."""
+        seconds = now - started
         # llhttp accepts only its fixed list of methods and a status is 100-999: the keys stay few.
         key = (method, code)
         requests = self.requests
         requests[key] = requests.get(key, 0) + 1
         self.buckets[bisect_left(BUCKETS, seconds)] += 1
         self.sum += seconds
+        self.window.record(code, started, now)
+        return seconds
+
+    def figures(self, now: float) -> Figures:
+        return self.window.figures(now, self.inflight)
 
 
 class _DataPlaneCollector:
@@ -74,9 +213,9 @@ class _DataPlaneCollector:
 class Metrics:
     """All of bgproxy's metrics; one instance per process, passed to whoever records."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, window: float = 30.0) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.colors = {c: ColorStats(c) for c in Color}
+        self.colors = {c: ColorStats(c, window=window) for c in Color}
         self.registry.register(_DataPlaneCollector(self.colors))
         ProcessCollector(registry=self.registry)
         r = self.registry
@@ -113,6 +252,24 @@ class Metrics:
         self.backend_up = Gauge(
             "bgproxy_backend_up", "1 while the colour's upstream is considered healthy", ("color",), registry=r
         )
+        self.auto_rollbacks = Counter(
+            "bgproxy_auto_rollbacks",
+            "Automatic rollbacks this replica wrote, by the colour taken off traffic and the figure that breached",
+            ("color", "reason"),
+            registry=r,
+        )
+        for c in Color:  # every series from 0: the first rollback is an increase Prometheus can see
+            for kind in BREACH_KINDS:
+                self.auto_rollbacks.labels(c.value, kind)
+        # Read at scrape time from the drained signal (`release.live`); 0 until that is wired.
+        self.drained = Gauge(
+            "bgproxy_drained",
+            "1 once the colour gets no ordinary traffic and nothing live has been in flight on it for DRAINED_AFTER",
+            ("color",),
+            registry=r,
+        )
+        for c in Color:
+            self.drained.labels(c.value)
         # Children resolved once, so that an error on the data plane costs one attribute lookup.
         self.error_counters = {(c, k): self.upstream_errors.labels(c.value, k) for c in Color for k in ERROR_KINDS}
         self.healthy = dict.fromkeys(Color, True)

@@ -45,6 +45,7 @@ class Exchange:
         "http10",
         "ignore_upgrade",
         "keep_alive",
+        "live",
         "method",
         "path",
         "pending",
@@ -76,6 +77,7 @@ class Exchange:
         self.ignore_upgrade = False  # an Upgrade that is not a websocket: dropped as hop-by-hop, parsed on as HTTP
         self.retryable = False
         self.set_cookie = b""  # a sticky bucket drawn for this request, handed to the client with the response
+        self.live = True  # ordinary traffic, not a preview: it keeps its colour from counting as drained
         self.head_request = method == b"HEAD"
         self.pending: list[bytes] = []  # body received while no upstream connection is attached yet
         self.pending_bytes = 0
@@ -90,8 +92,11 @@ class Exchange:
     def finish(self, code: int) -> float:
         """The one place an exchange's end is counted: status `code` on its colour; returns the time it took."""
         self.response_done = True
-        seconds = perf_counter() - self.started
+        now = perf_counter()
         stats = self.pool.stats
         stats.inflight -= 1
-        stats.done(self.method, code, seconds)
-        return seconds
+        if self.live:
+            stats.live -= 1
+            if not stats.live:
+                stats.quiet_since = now
+        return stats.done(self.method, code, self.started, now)

@@ -16,10 +16,13 @@ import signal
 from aiohttp import web
 
 from .admin import build_admin_app
+from .core.analysis import Thresholds
 from .dataplane import ProxyServer
 from .health import HealthChecker
 from .log import log
 from .metrics import Metrics
+from .release.analysis import AutoRollback
+from .release.live import LiveFigures
 from .release.steps import StepTimer
 from .settings import ENV_PREFIX, Address, Settings
 from .state import StateHolder
@@ -46,11 +49,13 @@ class Bgproxy:
     def __init__(self, settings: Settings) -> None:
         settings.upstreams()
         self.settings = settings
-        self.metrics = Metrics()
+        self.metrics = Metrics(window=settings.analysis_window)
         self.store = open_store(settings, self.metrics)
         self.holder = StateHolder(self.store, self.metrics, initial_active=settings.initial_active)
         self.health = HealthChecker(settings, self.metrics)
         self.steps = StepTimer(self.holder, self.metrics.healthy)
+        self.live = LiveFigures(self.holder, self.metrics, drained_after=settings.drained_after)
+        self.analysis = AutoRollback(self.holder, self.live, self.metrics, thresholds(settings))
         self.proxy: ProxyServer | None = None
         self.draining = False
         self._admin_runner: web.AppRunner | None = None
@@ -63,7 +68,7 @@ class Bgproxy:
     async def start(self) -> None:
         s = self.settings
         _raise_open_files_limit(s.max_connections)
-        admin = build_admin_app(s, self.holder, self.metrics, self.ready)
+        admin = build_admin_app(s, self.holder, self.metrics, self.ready, live=self.live)
         self._admin_runner = web.AppRunner(admin, access_log=None, handle_signals=False)
         await self._admin_runner.setup()
         self._admin_site = web.TCPSite(self._admin_runner, s.admin_listen.host, s.admin_listen.port, reuse_address=True)
@@ -75,6 +80,9 @@ class Bgproxy:
         self._follow = asyncio.create_task(self._follow_store(), name="bgproxy-follow-store")
         await self.health.start()
         self.steps.start()
+        self.live.start()
+        if s.analysis_enabled:
+            self.analysis.start()
         proxy = ProxyServer(s, self.holder, self.metrics, on_health=self.health.passive)
         try:
             await proxy.start()
@@ -127,6 +135,8 @@ class Bgproxy:
 
     async def stop(self) -> None:
         await self.steps.stop()
+        await self.analysis.stop()
+        self.live.stop()
         if self._follow is not None:
             self._follow.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -178,6 +188,18 @@ async def serve(settings: Settings) -> None:
     finally:
         stopping.cancel()
         await app.stop()
+
+
+def thresholds(settings: Settings) -> Thresholds:
+    """The automatic rollback's thresholds, as the settings give them."""
+    return Thresholds(
+        window=settings.analysis_window,
+        min_requests=settings.analysis_min_requests,
+        max_error_rate=settings.analysis_max_error_rate,
+        max_p99=settings.analysis_max_p99,
+        max_p99_ratio=settings.analysis_max_p99_ratio,
+        watch=settings.analysis_watch,
+    )
 
 
 def _reason(exc: OSError) -> str:

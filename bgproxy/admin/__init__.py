@@ -10,10 +10,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..metrics import Metrics
+from ..release.live import LiveFigures
 from ..settings import Settings
 from ..state import StateHolder
 from .body import MAX_BODY
-from .keys import HOLDER, METRICS, OPENAPI, READY, SETTINGS, ReadyCheck
+from .keys import HOLDER, LIVE, METRICS, OPENAPI, READY, SETTINGS, ReadyCheck
 from .middleware import guard, json_errors
 from .openapi import openapi_document
 from .routes import ROUTES, add_routes
@@ -21,12 +22,15 @@ from .routes import ROUTES, add_routes
 __all__ = ["MAX_BODY", "build_admin_app", "openapi_document"]
 
 
-def build_admin_app(settings: Settings, holder: StateHolder, metrics: Metrics, ready: ReadyCheck) -> web.Application:
+def build_admin_app(
+    settings: Settings, holder: StateHolder, metrics: Metrics, ready: ReadyCheck, *, live: LiveFigures
+) -> web.Application:
     # json_errors is outermost, so the guard's refusals and aiohttp's own errors come out as JSON alike.
     app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors, guard])
     app[SETTINGS] = settings
     app[HOLDER] = holder
     app[METRICS] = metrics
+    app[LIVE] = live
     app[READY] = ready
     app[OPENAPI] = openapi_document(ROUTES)
     add_routes(app, ROUTES)

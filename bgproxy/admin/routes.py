@@ -16,12 +16,13 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from ..core import rollout, routing
+from ..core.analysis import Figures
 from ..core.model import Color, Health, InvalidPlan, RoutingError, State
 from ..log import log
 from ..metrics import CONTENT_TYPE
 from ..stores import StoreError
 from .body import read_body
-from .keys import HOLDER, METRICS, OPENAPI, READY, SETTINGS
+from .keys import HOLDER, LIVE, METRICS, OPENAPI, READY, SETTINGS
 from .middleware import Handler, error
 from .schemas import (
     BackendView,
@@ -50,13 +51,30 @@ def answer(view: BaseModel, status: int = 200) -> web.Response:
 
 def state_view(request: web.Request) -> StateView:
     holder, settings, metrics = request.app[HOLDER], request.app[SETTINGS], request.app[METRICS]
-    urls = settings.upstreams()
+    live = request.app[LIVE]
+    urls, figures = settings.upstreams(), live.figures()
     return StateView.model_validate(
         {
             **holder.current.to_dict(),
             "store": StoreView.model_validate(holder.store.describe()),
-            "backends": {c: BackendView(url=urls[c].url, healthy=metrics.healthy[c]) for c in Color},
+            "backends": {
+                c: backend_view(urls[c].url, metrics.healthy[c], figures[c], live.drained_since(c)) for c in Color
+            },
         }
+    )
+
+
+def backend_view(url: str, healthy: bool, f: Figures, drained_since: float | None) -> BackendView:
+    return BackendView(
+        url=url,
+        healthy=healthy,
+        inflight=f.inflight,
+        requests=f.requests,
+        rps=round(f.rps, 3),
+        error_rate=round(f.error_rate, 4),
+        p50=None if f.p50 is None else round(f.p50, 6),
+        p99=None if f.p99 is None else round(f.p99, 6),
+        drained_since=drained_since,
     )
 
 

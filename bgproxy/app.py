@@ -49,7 +49,8 @@ class Bgproxy:
     def __init__(self, settings: Settings) -> None:
         settings.upstreams()
         self.settings = settings
-        self.metrics = Metrics(window=settings.analysis_window)
+        # ANALYSIS_ENABLED=false keeps no live window: nothing would judge it, and it costs on every request.
+        self.metrics = Metrics(window=settings.analysis_window if settings.analysis_enabled else None)
         self.store = open_store(settings, self.metrics)
         self.holder = StateHolder(self.store, self.metrics, initial_active=settings.initial_active)
         self.health = HealthChecker(settings, self.metrics)

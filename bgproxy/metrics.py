@@ -3,8 +3,8 @@
 The per-request figures (requests, durations, in-flight) are plain integers in one `ColorStats` per colour,
 turned into metric families only when Prometheus scrapes: the data plane pays a dict update and a bisect per
 request instead of prometheus-client's locks. Everything rarer uses prometheus-client's own objects. The live
-figures over the last ANALYSIS_WINDOW (`LiveWindow`: what the automatic rollback judges and /state shows) are
-counters per time slot, so a request costs the same however busy the colour is, and memory stays bounded.
+figures over the last ANALYSIS_WINDOW (what the automatic rollback judges and /state shows) are counters per time
+slot in the same `ColorStats`, so a request costs the same however busy the colour is, and memory stays bounded.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import math
 from bisect import bisect_left
 from collections.abc import Iterator
 from itertools import compress
-from math import log
 from time import perf_counter
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
@@ -29,28 +28,36 @@ BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 ERROR_KINDS = ("connect", "timeout", "reset", "protocol")
 BREACH_KINDS: tuple[BreachKind, ...] = ("error_rate", "latency")
 
-# The live window's latency histogram: log-spaced buckets, each 4% wider than the one below, so a percentile read
-# as its bucket's geometric middle is within 2% of the true value; from 10 µs (and below) to an hour (and above).
+# The live window's latency histogram: log-spaced bounds, each 4% above the one below, so a percentile read as its
+# bucket's geometric middle is within 2% of the true value; from 10 µs (and below) to an hour (and above). BUCKETS'
+# bounds are among them, so that one bisect per request finds the bucket of both histograms.
 LATENCY_GROWTH = 1.04
 LATENCY_MIN, LATENCY_MAX = 1e-5, 3600.0
-_SCALE = 1 / log(LATENCY_GROWTH)
-_OFFSET = -math.floor(log(LATENCY_MIN) * _SCALE)  # bucket 0 ends at LATENCY_MIN
-LATENCY_BUCKETS = math.ceil(log(LATENCY_MAX) * _SCALE) + _OFFSET + 1
-_TOP = LATENCY_BUCKETS - 1
+BOUNDS = tuple(
+    sorted(
+        {
+            LATENCY_MIN * LATENCY_GROWTH**k
+            for k in range(math.ceil(math.log(LATENCY_MAX / LATENCY_MIN, LATENCY_GROWTH)) + 1)
+        }
+        | set(BUCKETS[:-1])
+    )
+)  # upper bounds (inclusive, as Prometheus' `le`); the last bucket holds what is above them
+LATENCY_BUCKETS = len(BOUNDS) + 1
+_PROMETHEUS = tuple(bisect_left(BUCKETS, bound) for bound in (*BOUNDS, float("inf")))  # fine bucket -> BUCKETS index
+_VALUES = tuple(
+    BOUNDS[0] if i == 0 else BOUNDS[-1] if i == len(BOUNDS) else math.sqrt(BOUNDS[i - 1] * BOUNDS[i])
+    for i in range(LATENCY_BUCKETS)
+)  # what a bucket stands for: its geometric middle
 MAX_SLOTS = 60  # a window longer than a minute gets wider slots (an hour: one per minute), not more of them
 
 
 def latency_bucket(seconds: float) -> int:
-    """The histogram bucket of a duration (what `LiveWindow.record` computes inline)."""
-    if seconds <= LATENCY_MIN:
-        return 0
-    i = int(log(seconds) * _SCALE + _OFFSET)
-    return i if i < _TOP else _TOP
+    """The live histogram's bucket of a duration (`ColorStats.done` computes it inline)."""
+    return bisect_left(BOUNDS, seconds)
 
 
 def bucket_value(i: int) -> float:
-    """The duration a bucket stands for: its geometric middle."""
-    return math.exp((i + 0.5 - _OFFSET) / _SCALE)
+    return _VALUES[i]
 
 
 class _Slot:
@@ -68,73 +75,6 @@ class _Slot:
         self.latency = [0] * LATENCY_BUCKETS
 
 
-class LiveWindow:
-    """One colour's requests, 5xx share and latency over a sliding window, in a ring of time slots.
-
-    O(1) per request (a slot's counters and one histogram bucket), bounded memory (at most MAX_SLOTS + 1 slots).
-    Requests are counted when they end, and only those that started after `mark`: the colour's figures then
-    describe what it does since it began getting its current traffic, not what it did before. Websockets (101) are
-    not requests here: they are counted in flight only. Clocks are `perf_counter()` seconds.
-    """
-
-    __slots__ = ("rate", "seconds", "since", "slot", "slots", "tick")
-
-    def __init__(self, seconds: float, *, now: float) -> None:
-        self.seconds = seconds
-        n = min(math.ceil(seconds), MAX_SLOTS)
-        self.rate = n / seconds  # slots per second
-        self.slots = [_Slot() for _ in range(n + 1)]  # the window's slots and the one now filling
-        self.since = now
-        self.tick = -1
-        self.slot = self.slots[0]
-
-    def record(self, code: int, started: float, now: float) -> None:
-        if started < self.since or code == 101:
-            return
-        tick = int(now * self.rate)
-        slot = self.slot
-        if tick != self.tick:  # the first request of a new slot: it replaces the oldest one
-            self.tick = tick
-            slot = self.slot = self.slots[tick % len(self.slots)]
-            if slot.tick != tick:
-                slot.clear(tick)
-        slot.requests += 1
-        if 500 <= code < 600:
-            slot.errors += 1
-        seconds = now - started
-        if seconds > LATENCY_MIN:
-            i = int(log(seconds) * _SCALE + _OFFSET)
-            slot.latency[i if i < _TOP else _TOP] += 1
-        else:
-            slot.latency[0] += 1
-
-    def mark(self, now: float) -> None:
-        """Forget everything so far: from now on only requests that start from `now` count."""
-        self.since = now
-        for slot in self.slots:
-            slot.clear(-1)
-        self.tick = -1
-
-    def figures(self, now: float, inflight: int = 0) -> Figures:
-        """Requests that ended within the window (and started after the mark), their 5xx count, p50 and p99."""
-        tick = int(now * self.rate)
-        oldest = tick - len(self.slots) + 1
-        live = [s for s in self.slots if oldest <= s.tick <= tick and s.requests]
-        requests = sum(s.requests for s in live)
-        span = min(self.seconds, now - self.since)
-        if not requests:
-            return Figures(inflight=inflight, span=span)
-        merged = [sum(column) for column in zip(*(s.latency for s in live), strict=True)]
-        return Figures(
-            requests=requests,
-            errors=sum(s.errors for s in live),
-            p50=_quantile(merged, requests, 0.50),
-            p99=_quantile(merged, requests, 0.99),
-            inflight=inflight,
-            span=span,
-        )
-
-
 def _quantile(histogram: list[int], n: int, q: float) -> float:
     """The smallest bucket value at or below which a share `q` of the `n` counted durations lie."""
     rank = max(1, math.ceil(q * n))
@@ -142,44 +82,123 @@ def _quantile(histogram: list[int], n: int, q: float) -> float:
     for i in compress(range(len(histogram)), histogram):
         seen += histogram[i]
         if seen >= rank:
-            return bucket_value(i)
+            return _VALUES[i]
     raise AssertionError("the histogram holds fewer durations than counted")
 
 
 class ColorStats:
     """Counters of one colour, updated by the data plane without any lookup by label.
 
-    `live` counts what is in flight as live traffic (not previews: the drained signal's count), `quiet_since` is
-    when it last became 0 (perf_counter). Both are kept by the data plane (`Exchange`), beside `inflight`.
+    Besides the all-time counters Prometheus reads, the live figures over a sliding window (`window` seconds): a
+    ring of time slots, each with its requests, 5xx answers and latency histogram, so a request costs the same
+    however busy the colour is (the current slot's counters and one bucket) and memory stays bounded (at most
+    MAX_SLOTS + 1 slots). Requests count there when they end, and only those that started after `mark`: the figures
+    then describe what the colour does since it began getting its current traffic. Websockets (101) count in flight
+    only. With `window` None (ANALYSIS_ENABLED=false) no slots are kept, nor paid for.
+
+    For the drained signal: `previews` in flight (what is in flight besides them is live traffic) and `ended`, when
+    the last live exchange ended. The data plane (`Exchange`) keeps them beside `inflight`. Clocks are perf_counter.
     """
 
-    __slots__ = ("buckets", "color", "inflight", "live", "quiet_since", "requests", "sum", "window")
+    __slots__ = (
+        "buckets",
+        "color",
+        "ended",
+        "inflight",
+        "previews",
+        "rate",
+        "requests",
+        "seconds",
+        "since",
+        "slot",
+        "slots",
+        "sum",
+        "turn_at",
+    )
 
-    def __init__(self, color: Color, *, window: float = 30.0) -> None:
-        now = perf_counter()
+    def __init__(self, color: Color, *, window: float | None = 30.0, now: float | None = None) -> None:
+        now = perf_counter() if now is None else now
         self.color = color
         self.inflight = 0
-        self.live = 0
-        self.quiet_since = now
+        self.previews = 0
+        self.ended = now
         self.requests: dict[tuple[bytes, int], int] = {}
         self.buckets = [0] * len(BUCKETS)
         self.sum = 0.0
-        self.window = LiveWindow(window, now=now)
+        self.seconds = window or 0.0
+        n = min(math.ceil(window), MAX_SLOTS) if window else 0
+        self.rate = n / window if window else 0.0  # slots per second
+        self.slots = [_Slot() for _ in range(n + 1)] if window else []  # the window's and the one now filling
+        self.since = now if window else math.inf  # requests that started earlier do not count
+        self.slot = _Slot()  # the one now filling, until `turn_at`
+        self.turn_at = -math.inf
+
+    @property
+    def kept(self) -> bool:
+        """Whether live figures are kept."""
+        return bool(self.slots)
+
+    @property
+    def live(self) -> int:
+        """What is in flight as live traffic (requests and websockets, not previews)."""
+        return self.inflight - self.previews
 
     def done(self, method: bytes, code: int, started: float, now: float) -> float:
-        """Count an exchange that started at `started` and ended `now` (perf_counter); returns its duration."""
+        """Count an exchange that started at `started` and ended `now`; returns its duration."""
         seconds = now - started
         # llhttp accepts only its fixed list of methods and a status is 100-999: the keys stay few.
         key = (method, code)
         requests = self.requests
         requests[key] = requests.get(key, 0) + 1
-        self.buckets[bisect_left(BUCKETS, seconds)] += 1
+        i = bisect_left(BOUNDS, seconds)
+        self.buckets[_PROMETHEUS[i]] += 1
         self.sum += seconds
-        self.window.record(code, started, now)
+        if started >= self.since and code != 101:
+            slot = self.slot if now < self.turn_at else self._turn(now)
+            slot.requests += 1
+            slot.latency[i] += 1
+            if 500 <= code < 600:
+                slot.errors += 1
         return seconds
 
+    def _turn(self, now: float) -> _Slot:
+        """The slot for requests that end `now`: it replaces the oldest one."""
+        tick = int(now * self.rate)
+        slot = self.slot = self.slots[tick % len(self.slots)]
+        if slot.tick != tick:
+            slot.clear(tick)
+        self.turn_at = (tick + 1) / self.rate
+        return slot
+
+    def mark(self, now: float) -> None:
+        """Forget the live figures so far: from now on only requests that start from `now` count."""
+        if self.slots:
+            self.since = now
+            for slot in self.slots:
+                slot.clear(-1)
+            self.turn_at = -math.inf
+
     def figures(self, now: float) -> Figures:
-        return self.window.figures(now, self.inflight)
+        """Requests that ended within the window (and started after the mark), their 5xx count, p50 and p99; what
+        is in flight."""
+        if not self.slots:
+            return Figures(inflight=self.inflight)
+        tick = int(now * self.rate)
+        oldest = tick - len(self.slots) + 1
+        live = [s for s in self.slots if oldest <= s.tick <= tick and s.requests]
+        requests = sum(s.requests for s in live)
+        span = min(self.seconds, now - self.since)
+        if not requests:
+            return Figures(inflight=self.inflight, span=span)
+        merged = [sum(column) for column in zip(*(s.latency for s in live), strict=True)]
+        return Figures(
+            requests=requests,
+            errors=sum(s.errors for s in live),
+            p50=_quantile(merged, requests, 0.50),
+            p99=_quantile(merged, requests, 0.99),
+            inflight=self.inflight,
+            span=span,
+        )
 
 
 class _DataPlaneCollector:
@@ -213,7 +232,7 @@ class _DataPlaneCollector:
 class Metrics:
     """All of bgproxy's metrics; one instance per process, passed to whoever records."""
 
-    def __init__(self, *, window: float = 30.0) -> None:
+    def __init__(self, *, window: float | None = 30.0) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.colors = {c: ColorStats(c, window=window) for c in Color}
         self.registry.register(_DataPlaneCollector(self.colors))

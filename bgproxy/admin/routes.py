@@ -58,20 +58,22 @@ def state_view(request: web.Request) -> StateView:
             **holder.current.to_dict(),
             "store": StoreView.model_validate(holder.store.describe()),
             "backends": {
-                c: backend_view(urls[c].url, metrics.healthy[c], figures[c], live.drained_since(c)) for c in Color
+                c: backend_view(urls[c].url, metrics.healthy[c], figures[c], live.drained_since(c), kept=live.kept)
+                for c in Color
             },
         }
     )
 
 
-def backend_view(url: str, healthy: bool, f: Figures, drained_since: float | None) -> BackendView:
+def backend_view(url: str, healthy: bool, f: Figures, drained_since: float | None, *, kept: bool) -> BackendView:
+    """A colour's view; the window's figures are null when none are kept (ANALYSIS_ENABLED=false)."""
     return BackendView(
         url=url,
         healthy=healthy,
         inflight=f.inflight,
-        requests=f.requests,
-        rps=round(f.rps, 3),
-        error_rate=round(f.error_rate, 4),
+        requests=f.requests if kept else None,
+        rps=round(f.rps, 3) if kept else None,
+        error_rate=round(f.error_rate, 4) if kept else None,
         p50=None if f.p50 is None else round(f.p50, 6),
         p99=None if f.p99 is None else round(f.p99, 6),
         drained_since=drained_since,

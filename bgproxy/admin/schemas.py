@@ -126,15 +126,18 @@ class ResponseBody(BaseModel):
 
 
 class BackendView(ResponseBody):
-    """One colour's upstream and this replica's live figures of it, over ANALYSIS_WINDOW (only what started since
-    the colour began getting its current ordinary traffic)."""
+    """One colour's upstream and this replica's live figures of it, over ANALYSIS_WINDOW: only requests that started
+    since the colour began getting its current ordinary traffic. With ANALYSIS_ENABLED=false no window is kept and
+    its figures (requests, rps, error_rate, p50, p99) are null."""
 
     url: str = Field(description="the colour's upstream base URL")
     healthy: bool = Field(description="false while its health checks fail")
     inflight: int = Field(ge=0, description="requests and websockets being answered by it now")
-    requests: int = Field(ge=0, description="requests answered within the window (websockets not counted)")
-    rps: float = Field(ge=0, description="requests per second over the window")
-    error_rate: float = Field(ge=0, le=1, description="share of those answered 5xx (the upstream's, or 502/504)")
+    requests: int | None = Field(ge=0, description="requests answered within the window (websockets not counted)")
+    rps: float | None = Field(ge=0, description="requests per second over the window")
+    error_rate: float | None = Field(
+        ge=0, le=1, description="share of those answered 5xx (the upstream's, or the proxy's 502/504)"
+    )
     p50: float | None = Field(description="median duration in seconds, head to end of response; null without requests")
     p99: float | None = Field(description="99th percentile duration in seconds; null without requests")
     drained_since: float | None = Field(
@@ -186,7 +189,8 @@ class StateView(ResponseBody):
     revision: int = Field(ge=0, description="one more on every flip")
     updated_at: float = Field(description="seconds since the epoch")
     source: str = Field(
-        description="who made the last change: initial, admin, file, configmap, restore, rollout (a step's timer)"
+        description="who made the last change: initial, admin, file, configmap, restore, rollout (a step's timer), "
+        "analysis (an automatic rollback)"
     )
     reason: str
     forced: bool = Field(description="the last change overrode a failing health check")

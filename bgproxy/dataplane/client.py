@@ -219,10 +219,9 @@ class ClientConnection(asyncio.Protocol):
     # -- one exchange at a time ---------------------------------------------------------------------------
 
     def _start(self, ex: Exchange) -> None:
-        stats = ex.pool.stats
-        stats.inflight += 1  # until Exchange.finish
-        if ex.live:
-            stats.live += 1
+        ex.pool.stats.inflight += 1  # until Exchange.finish
+        if ex.preview:
+            ex.pool.stats.previews += 1
         ex.started = perf_counter()  # uvloop's clock moves in whole milliseconds: too coarse for durations
         self.deadline_kind = EXCHANGE
         self.deadline = 0.0  # the ticker starts the read clock

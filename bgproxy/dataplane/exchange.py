@@ -45,12 +45,12 @@ class Exchange:
         "http10",
         "ignore_upgrade",
         "keep_alive",
-        "live",
         "method",
         "path",
         "pending",
         "pending_bytes",
         "pool",
+        "preview",
         "request_done",
         "response_done",
         "retried",
@@ -77,7 +77,7 @@ class Exchange:
         self.ignore_upgrade = False  # an Upgrade that is not a websocket: dropped as hop-by-hop, parsed on as HTTP
         self.retryable = False
         self.set_cookie = b""  # a sticky bucket drawn for this request, handed to the client with the response
-        self.live = True  # ordinary traffic, not a preview: it keeps its colour from counting as drained
+        self.preview = False  # a preview is not live traffic: it does not keep its colour from being drained
         self.head_request = method == b"HEAD"
         self.pending: list[bytes] = []  # body received while no upstream connection is attached yet
         self.pending_bytes = 0
@@ -95,8 +95,8 @@ class Exchange:
         now = perf_counter()
         stats = self.pool.stats
         stats.inflight -= 1
-        if self.live:
-            stats.live -= 1
-            if not stats.live:
-                stats.quiet_since = now
+        if self.preview:
+            stats.previews -= 1
+        else:
+            stats.ended = now
         return stats.done(self.method, code, self.started, now)

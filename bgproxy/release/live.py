@@ -26,6 +26,7 @@ class LiveFigures:
     def __init__(self, holder: StateHolder, metrics: Metrics, *, drained_after: float) -> None:
         self.holder = holder
         self.colors = metrics.colors
+        self.kept = all(stats.kept for stats in self.colors.values())  # ANALYSIS_ENABLED
         self.drained_after = drained_after
         now = perf_counter()
         self._wall = time.time() - now  # one offset, so a timestamp shown twice reads the same
@@ -47,7 +48,7 @@ class LiveFigures:
         for color in Color:
             before, after = receives(old, color), receives(new, color)
             if after and not before:
-                self.colors[color].window.mark(now)
+                self.colors[color].mark(now)
             elif before and not after:
                 self.off_since[color] = now
 
@@ -61,7 +62,7 @@ class LiveFigures:
         at = drained_at(
             receiving=receives(self.holder.current, color),
             live=stats.live,
-            quiet_since=stats.quiet_since,
+            quiet_since=stats.ended,
             off_since=self.off_since[color],
             after=self.drained_after,
         )

@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 
 from bgproxy.app import Bgproxy
+from bgproxy.release.analysis import INTERVAL
 from tests.support.load import Faults, Load, faulty_app, serving
 from tests.support.replicas import measured
 from tests.support.servers import StartProxy, free_port
@@ -279,3 +280,51 @@ async def test_a_promoted_green_failing_after_the_watch_stays(start_proxy: Start
             assert state["backends"]["green"]["error_rate"] > 0.05  # a breach, had it still been watched
     assert (state["active"], state["source"], state["revision"]) == ("green", "admin", promoted["revision"])
     assert load.errors == []
+
+
+async def test_with_analysis_disabled_nothing_is_judged_and_no_window_is_kept(start_proxy: StartProxy) -> None:
+    green = Faults(fail_per_10=10)
+    async with serving(faulty_app("blue", Faults())) as b, serving(faulty_app("green", green)) as g:
+        app = await start_proxy(blue_url=b, green_url=g, analysis_enabled="false", **ANALYSIS)
+        await call(app, "POST", "/shift", {"weight": 100})
+        async with aiohttp.ClientSession() as s:
+            for _ in range(2 * MIN_REQUESTS):
+                async with s.get(f"http://127.0.0.1:{app.port}/") as r:
+                    assert r.status == 500
+        end = time.monotonic() + 3 * INTERVAL  # long enough for the rollback to have happened, were it on
+        while time.monotonic() < end:
+            state = await call(app, "GET", "/state")
+            assert (state["source"], state["weight"]) == ("admin", 100)
+            await asyncio.sleep(0.1)
+    assert state["backends"]["green"] == {
+        **state["backends"]["green"],
+        **dict.fromkeys(("requests", "rps", "error_rate", "p50", "p99")),
+        "inflight": 0,
+    }
+    assert app.analysis.looks == 0
+
+
+async def test_a_new_shift_after_a_rollback_is_judged_on_fresh_figures(start_proxy: StartProxy) -> None:
+    """The failures that caused a rollback are still in the window when a person shifts again (say, to a fixed
+    release): they must not roll it back at once."""
+    green = Faults(fail_per_10=10)
+    async with serving(faulty_app("blue", Faults())) as b, serving(faulty_app("green", green)) as g:
+        app = await start_proxy(blue_url=b, green_url=g, **ANALYSIS)
+        await call(app, "POST", "/shift", {"weight": 100})
+        async with aiohttp.ClientSession() as s:
+
+            async def send(n: int, status: int) -> None:
+                for _ in range(n):
+                    async with s.get(f"http://127.0.0.1:{app.port}/") as r:
+                        assert (r.status, r.headers["X-Bg-Color"]) == (status, "green")
+
+            await send(MIN_REQUESTS, 500)
+            await until(lambda: state_is(app, lambda s: s["source"] == "analysis"), "the first rollback")
+            green.fail_per_10 = 0  # fixed
+            shifted = await call(app, "POST", "/shift", {"weight": 100, "reason": "v44"})
+            assert (shifted["backends"]["green"]["requests"], shifted["hold"]) == (0, None)
+            await send(MIN_REQUESTS, 200)
+            await looks_after(app, 2)
+    state = await call(app, "GET", "/state")
+    assert (state["source"], state["weight"], state["reason"]) == ("admin", 100, "v44")
+    assert state["backends"]["green"]["requests"] == MIN_REQUESTS

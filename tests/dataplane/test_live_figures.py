@@ -1,5 +1,6 @@
 """Each colour's live figures: the window's arithmetic driven with a clock of our own (percentiles within the
-histogram's 2%, the slide, the 5xx count, the mark at a change), then the figures /state shows for real traffic."""
+histogram's 2%, the slide, the 5xx count, the mark at a change, the Prometheus histogram filled from the same
+bucket), then the figures /state shows for real traffic."""
 
 from __future__ import annotations
 
@@ -12,10 +13,19 @@ import aiohttp
 import pytest
 
 from bgproxy.app import Bgproxy
-from bgproxy.metrics import LATENCY_MAX, LATENCY_MIN, MAX_SLOTS, LiveWindow, bucket_value, latency_bucket
+from bgproxy.core.model import Color
+from bgproxy.metrics import BUCKETS, LATENCY_MAX, LATENCY_MIN, MAX_SLOTS, ColorStats, bucket_value, latency_bucket
 from tests.support.servers import TIMEOUT, Upstream
 
 T0 = 1000.0  # the window's clock (perf_counter seconds) at its start
+
+
+def stats(window: float) -> ColorStats:
+    return ColorStats(Color.GREEN, window=window, now=T0)
+
+
+def done(s: ColorStats, code: int, started: float, ended: float) -> None:
+    s.done(b"GET", code, started, ended)
 
 
 def exact(durations: list[float], q: float) -> float:
@@ -27,11 +37,11 @@ def exact(durations: list[float], q: float) -> float:
 def test_p50_and_p99_are_within_two_percent(seed: int) -> None:
     rng = random.Random(seed)
     durations = [min(rng.lognormvariate(math.log(0.02), 1.0), 2.0) for _ in range(5000)]
-    window = LiveWindow(30, now=T0)
+    green = stats(30)
     for i, d in enumerate(durations):
         end = T0 + 2 + i * 0.005  # 25 s of requests, each started after the window's start
-        window.record(200, end - d, end)
-    f = window.figures(T0 + 27)
+        done(green, 200, end - d, end)
+    f = green.figures(T0 + 27)
     assert f.requests == 5000 and f.errors == 0
     for got, q in ((f.p50, 0.5), (f.p99, 0.99)):
         assert got is not None
@@ -48,20 +58,21 @@ def test_buckets_rise_with_the_duration_and_clamp_at_both_ends() -> None:
 
 
 def test_5xx_count_as_errors_and_websockets_not_at_all() -> None:
-    window = LiveWindow(10, now=T0)
+    green = stats(10)
     for code in (200, 204, 301, 404, 499, 500, 502, 504, 599, 101):
-        window.record(code, T0 + 1, T0 + 1.01)
-    f = window.figures(T0 + 2)
+        done(green, code, T0 + 1, T0 + 1.01)
+    f = green.figures(T0 + 2)
     assert (f.requests, f.errors) == (9, 4)
+    assert sum(green.requests.values()) == 10  # Prometheus counts the websocket, as before
 
 
 def test_the_window_slides() -> None:
-    window = LiveWindow(5, now=T0)
+    window = stats(5)
 
     def seconds(first: int, last: int, *, failing: int) -> None:
         for second in range(first, last + 1):  # 10 requests a second
             for i in range(10):
-                window.record(500 if i < failing else 200, T0 + second, T0 + second + 0.001)
+                done(window, 500 if i < failing else 200, T0 + second, T0 + second + 0.001)
 
     seconds(0, 9, failing=1)
     f = window.figures(T0 + 9.5)
@@ -75,23 +86,48 @@ def test_the_window_slides() -> None:
 
 
 def test_a_mark_forgets_what_came_before_and_requests_that_started_before_it() -> None:
-    window = LiveWindow(30, now=T0)
+    green = stats(30)
     for i in range(100):
-        window.record(500, T0 + i * 0.01, T0 + i * 0.01 + 0.001)
-    window.mark(T0 + 2)
-    assert window.figures(T0 + 2).requests == 0
-    window.record(500, T0 + 1.9, T0 + 2.5)  # began before the mark: the old situation
-    window.record(200, T0 + 2.1, T0 + 2.5)
-    f = window.figures(T0 + 3)
+        done(green, 500, T0 + i * 0.01, T0 + i * 0.01 + 0.001)
+    green.mark(T0 + 2)
+    assert green.figures(T0 + 2).requests == 0
+    done(green, 500, T0 + 1.9, T0 + 2.5)  # began before the mark: the old situation
+    done(green, 200, T0 + 2.1, T0 + 2.5)
+    f = green.figures(T0 + 3)
     assert (f.requests, f.errors, f.span) == (1, 0, 1.0)
 
 
 def test_a_long_window_stays_bounded_with_wider_slots() -> None:
-    window = LiveWindow(3600, now=T0)
-    assert len(window.slots) == MAX_SLOTS + 1
+    green = stats(3600)
+    assert len(green.slots) == MAX_SLOTS + 1
     for minute in range(120):
-        window.record(200, T0 + minute * 60, T0 + minute * 60 + 0.01)
-    assert window.figures(T0 + 120 * 60).requests in (60, 61)
+        done(green, 200, T0 + minute * 60, T0 + minute * 60 + 0.01)
+    assert green.figures(T0 + 120 * 60).requests in (60, 61)
+
+
+def test_the_prometheus_histogram_keeps_its_bounds_exactly() -> None:
+    """One bisect finds both buckets: a duration on a Prometheus bound counts in that bound's `le` bucket."""
+    green = stats(30)
+    for seconds in (0.001, 0.0010001, 0.0025, 0.3, 60.0, 61.0, 1e9):
+        done(green, 200, T0 + 1, T0 + 1 + seconds)
+    expected = [0] * len(BUCKETS)
+    for seconds in (0.001, 0.0010001, 0.0025, 0.3, 60.0, 61.0, 1e9):
+        took = (T0 + 1 + seconds) - (T0 + 1)  # as the data plane computes it, rounding included
+        expected[next(i for i, b in enumerate(BUCKETS) if took <= b)] += 1
+    assert green.buckets == expected
+    rng = random.Random(7)
+    for seconds in [*BUCKETS[:-1], *(10 ** rng.uniform(-7, 5) for _ in range(20000))]:
+        one = ColorStats(Color.GREEN, window=None, now=0.0)
+        one.done(b"GET", 200, 0.0, seconds)
+        assert one.buckets.index(1) == next(i for i, b in enumerate(BUCKETS) if seconds <= b), seconds
+
+
+def test_without_a_window_only_what_is_in_flight_is_kept() -> None:
+    quiet = ColorStats(Color.BLUE, window=None, now=T0)
+    done(quiet, 500, T0 + 1, T0 + 2)
+    quiet.inflight = 3
+    assert quiet.figures(T0 + 2).requests == 0 and quiet.figures(T0 + 2).inflight == 3
+    assert sum(quiet.requests.values()) == 1
 
 
 # --- through the proxy ---------------------------------------------------------------------------------------------

@@ -87,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
         "DRAINED_AFTER): then it can be scaled down",
     )
     wait.add_argument("color", metavar="COLOUR", type=_colour, help="blue or green")
-    wait.add_argument("--timeout", type=_seconds, default=None, help="give up after this many seconds (exit 1)")
+    wait.add_argument(
+        "--timeout", type=_seconds, default=None, metavar="S", help="give up after S seconds (exit 1); default: wait"
+    )
     _admin_flags(wait)
     return parser
 

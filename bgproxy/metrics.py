@@ -61,16 +61,15 @@ def bucket_value(i: int) -> float:
 
 
 class _Slot:
-    """What ended in one time slot: requests, 5xx answers and a latency histogram."""
+    """What ended in one time slot: a latency histogram (its sum is the requests) and the 5xx answers."""
 
-    __slots__ = ("errors", "latency", "requests", "tick")
+    __slots__ = ("errors", "latency", "tick")
 
     def __init__(self) -> None:
         self.clear(-1)
 
     def clear(self, tick: int) -> None:
         self.tick = tick
-        self.requests = 0
         self.errors = 0
         self.latency = [0] * LATENCY_BUCKETS
 
@@ -155,7 +154,6 @@ class ColorStats:
         self.sum += seconds
         if started >= self.since and code != 101:
             slot = self.slot if now < self.turn_at else self._turn(now)
-            slot.requests += 1
             slot.latency[i] += 1
             if 500 <= code < 600:
                 slot.errors += 1
@@ -185,12 +183,12 @@ class ColorStats:
             return Figures(inflight=self.inflight)
         tick = int(now * self.rate)
         oldest = tick - len(self.slots) + 1
-        live = [s for s in self.slots if oldest <= s.tick <= tick and s.requests]
-        requests = sum(s.requests for s in live)
+        live = [s for s in self.slots if oldest <= s.tick <= tick]
+        merged = [sum(column) for column in zip(*(s.latency for s in live), strict=True)] if live else []
+        requests = sum(merged)
         span = min(self.seconds, now - self.since)
         if not requests:
             return Figures(inflight=self.inflight, span=span)
-        merged = [sum(column) for column in zip(*(s.latency for s in live), strict=True)]
         return Figures(
             requests=requests,
             errors=sum(s.errors for s in live),

@@ -50,7 +50,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, help="seconds of wrk warm-up per system and path (default 2; quick 0)")
     p.add_argument("--connections", type=int, default=50, help="wrk connections (default 50)")
     p.add_argument("--paths", help=f"of {','.join(PATHS)} (default small,16k; for instructions small,ingress)")
-    p.add_argument("--only", help=f"systems to run, of {','.join(systems.ORDER)} (default all)")
+    p.add_argument(
+        "--only",
+        help=f"systems to run, of {','.join(systems.ORDER)} (default {','.join(systems.DEFAULT)}; "
+        "bgproxy,bgproxy-noanalysis: what the live figures cost)",
+    )
     p.add_argument(
         "--require",
         default="",
@@ -87,7 +91,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.stream_mib = a.stream_mib or (64 if quick else 1024)
     a.idle = a.idle or (500 if quick else 10000)
     a.probes = a.probes or (200 if quick else 2000)
-    a.selected = _names(a.only, p) if a.only else list(systems.ORDER)
+    a.selected = _names(a.only, p) if a.only else list(systems.DEFAULT)
     a.required = _names(a.require, p) if a.require else []
     if not set(a.required) <= set(a.selected):
         p.error("--require names a system that --only leaves out")

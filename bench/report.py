@@ -17,6 +17,7 @@ from .throughput import Sample
 TARGET_RPS_RATIO = 0.65
 TARGET_P99_RATIO = 1.5
 TARGET_RSS_GROWTH_MIB = 16.0
+TARGET_FIGURES_COST = 0.05  # issue 11: the live figures may cost at most this share of bgproxy's throughput
 NOISE_PCT = 5.0
 
 
@@ -220,7 +221,7 @@ def flip_table(summary: dict[str, dict[str, dict[str, object]]]) -> str:
 def targets(
     rows: Sequence[Row], transfers: Sequence[Transfer], flip: dict[str, dict[str, dict[str, object]]]
 ) -> list[str]:
-    """Issue 4's targets, checked for bgproxy against what this run measured."""
+    """Issue 4's targets (and issue 11's cost of the live figures), checked for bgproxy against this run."""
     out = []
     for r in rows:
         if r.path not in ("/small", "/16k"):
@@ -230,6 +231,14 @@ def targets(
             out.append(
                 f"{'PASS' if ok else 'MISS'} {r.path}: {r.rps_ratio:.2f}x nginx rps (target >= "
                 f"{TARGET_RPS_RATIO}), p99 {r.p99_ratio:.2f}x nginx (target <= {TARGET_P99_RATIO})"
+            )
+        off = next((o for o in rows if o.system == "bgproxy-noanalysis" and o.path == r.path), None)
+        if r.system == "bgproxy" and off is not None and off.rps:
+            cost = 1 - r.rps / off.rps
+            out.append(
+                f"{'PASS' if cost < TARGET_FIGURES_COST else 'MISS'} {r.path}: the live figures cost {cost:.1%} of "
+                f"the throughput ({r.rps:.0f} rps against {off.rps:.0f} without; target < "
+                f"{TARGET_FIGURES_COST:.0%}), CPU {r.cpu_us_per_req:.1f} against {off.cpu_us_per_req:.1f} µs/req"
             )
     for t in transfers:
         if t.system == "bgproxy":
@@ -308,7 +317,7 @@ def render(
         ]
     checks = targets(rows, transfers, flip)
     if checks:
-        parts += ["## Targets (issue 4)", "", *(f"- {c}" for c in checks), ""]
+        parts += ["## Targets (issues 4 and 11)", "", *(f"- {c}" for c in checks), ""]
     problems = [
         f"- {name}: {st.state}: " + st.reason.replace("\n", "\n  ") for name, st in statuses.items() if st.state != "ok"
     ]

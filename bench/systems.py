@@ -12,9 +12,12 @@ from . import procstat
 from .harness import REPO_ROOT, BenchError, Harness, Proc, free_ports, wait_http, wait_tcp
 from .origin import BODY_16K, SMALL_BODY, Origin, nginx_common, start_nginx
 
-ORDER = ("direct", "nginx", "haproxy", "aiohttp", "bgproxy")
+ORDER = ("direct", "nginx", "haproxy", "aiohttp", "bgproxy", "bgproxy-noanalysis")
+# bgproxy-noanalysis (ANALYSIS_ENABLED=false: no live figures kept) runs only when named with --only: beside bgproxy,
+# interleaved in one run, it measures what the live figures cost.
+DEFAULT = ORDER[:-1]
 BASELINE = "nginx"
-OPTIONAL_BY_DEFAULT = frozenset({"bgproxy"})
+OPTIONAL_BY_DEFAULT = frozenset({"bgproxy", "bgproxy-noanalysis"})
 START_TIMEOUT = 20.0
 
 
@@ -156,7 +159,9 @@ def bgproxy_command(
     return argv, {"BGPROXY_DRAIN_GRACE": "0", "BGPROXY_DRAIN_TIMEOUT": "2"}
 
 
-def start_bgproxy(h: Harness, origin: Origin, variant: str = "bench", *, env: dict[str, str] | None = None) -> Running:
+def start_bgproxy(
+    h: Harness, origin: Origin, variant: str = "bench", *, env: dict[str, str] | None = None, name: str = "bgproxy"
+) -> Running:
     """`python -m bgproxy serve` on the SUT core as `variant` says; `env` adds BGPROXY_* settings."""
     reason = bgproxy_importable()
     if reason:
@@ -164,10 +169,10 @@ def start_bgproxy(h: Harness, origin: Origin, variant: str = "bench", *, env: di
     port, admin = free_ports(2)
     argv, settings = bgproxy_command(origin, port, admin, variant=variant, workdir=h.workdir)
     settings.update(env or {})
-    proc = h.spawn("bgproxy" if variant == "bench" else f"bgproxy-{variant}", argv, cpu=h.sut_cpu, env=settings)
+    proc = h.spawn(name if variant == "bench" else f"{name}-{variant}", argv, cpu=h.sut_cpu, env=settings)
     wait_tcp(port, START_TIMEOUT, proc)
     wait_http(f"http://127.0.0.1:{admin}/readyz", START_TIMEOUT, proc)
-    return Running("bgproxy", f"http://127.0.0.1:{port}", proc, admin_url=f"http://127.0.0.1:{admin}", variant=variant)
+    return Running(name, f"http://127.0.0.1:{port}", proc, admin_url=f"http://127.0.0.1:{admin}", variant=variant)
 
 
 def check_relays(running: Running) -> Running:
@@ -183,6 +188,10 @@ def _bgproxy(h: Harness, origin: Origin, tools: dict[str, str]) -> Running:
     return start_bgproxy(h, origin)
 
 
+def _bgproxy_noanalysis(h: Harness, origin: Origin, tools: dict[str, str]) -> Running:
+    return start_bgproxy(h, origin, env={"BGPROXY_ANALYSIS_ENABLED": "false"}, name="bgproxy-noanalysis")
+
+
 def _direct(h: Harness, origin: Origin, tools: dict[str, str]) -> Running:
     return Running("direct", origin.url, origin.proc)
 
@@ -193,6 +202,7 @@ STARTERS: dict[str, Callable[[Harness, Origin, dict[str, str]], Running]] = {
     "haproxy": _haproxy,
     "aiohttp": _aiohttp,
     "bgproxy": _bgproxy,
+    "bgproxy-noanalysis": _bgproxy_noanalysis,
 }
 
 TOOLS_NEEDED = {"nginx": {"nginx"}, "haproxy": {"haproxy"}}

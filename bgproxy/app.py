@@ -16,13 +16,16 @@ import signal
 from aiohttp import web
 
 from .admin import build_admin_app
+from .core.analysis import Thresholds
 from .dataplane import ProxyServer
 from .health import HealthChecker
 from .log import log
 from .metrics import Metrics
 from .notify import open_notifiers
+from .release.analysis import AutoRollback
 from .release.auto_promote import AutoPromoter
 from .release.checks import PromoteChecks
+from .release.live import LiveFigures
 from .release.steps import StepTimer
 from .settings import ENV_PREFIX, Address, Settings
 from .state import StateHolder
@@ -49,7 +52,8 @@ class Bgproxy:
     def __init__(self, settings: Settings) -> None:
         settings.upstreams()
         self.settings = settings
-        self.metrics = Metrics()
+        # ANALYSIS_ENABLED=false keeps no live window: nothing would judge it, and it costs on every request.
+        self.metrics = Metrics(window=settings.analysis_window if settings.analysis_enabled else None)
         self.store = open_store(settings, self.metrics)
         self.holder = StateHolder(self.store, self.metrics, initial_active=settings.initial_active)
         self.health = HealthChecker(settings, self.metrics)
@@ -66,6 +70,8 @@ class Bgproxy:
                 interval=settings.auto_promote_interval,
             )
         self.notifiers = open_notifiers(settings, self.holder, self.metrics)
+        self.live = LiveFigures(self.holder, self.metrics, drained_after=settings.drained_after)
+        self.analysis = AutoRollback(self.holder, self.live, self.metrics, thresholds(settings))
         self.proxy: ProxyServer | None = None
         self.draining = False
         self._admin_runner: web.AppRunner | None = None
@@ -80,7 +86,9 @@ class Bgproxy:
         _raise_open_files_limit(s.max_connections)
         await self.checks.start()
         view = self.auto_promote.view if self.auto_promote is not None else lambda: None
-        admin = build_admin_app(s, self.holder, self.metrics, self.ready, checks=self.checks, auto_promote=view)
+        admin = build_admin_app(
+            s, self.holder, self.metrics, self.ready, live=self.live, checks=self.checks, auto_promote=view
+        )
         self._admin_runner = web.AppRunner(admin, access_log=None, handle_signals=False)
         await self._admin_runner.setup()
         self._admin_site = web.TCPSite(self._admin_runner, s.admin_listen.host, s.admin_listen.port, reuse_address=True)
@@ -96,6 +104,9 @@ class Bgproxy:
         self.steps.start()
         if self.auto_promote is not None:
             self.auto_promote.start()
+        self.live.start()
+        if s.analysis_enabled:
+            self.analysis.start()
         proxy = ProxyServer(s, self.holder, self.metrics, on_health=self.health.passive)
         try:
             await proxy.start()
@@ -150,6 +161,8 @@ class Bgproxy:
         await self.steps.stop()
         if self.auto_promote is not None:
             await self.auto_promote.stop()
+        await self.analysis.stop()
+        self.live.stop()
         if self._follow is not None:
             self._follow.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -204,6 +217,18 @@ async def serve(settings: Settings) -> None:
     finally:
         stopping.cancel()
         await app.stop()
+
+
+def thresholds(settings: Settings) -> Thresholds:
+    """The automatic rollback's thresholds, as the settings give them."""
+    return Thresholds(
+        window=settings.analysis_window,
+        min_requests=settings.analysis_min_requests,
+        max_error_rate=settings.analysis_max_error_rate,
+        max_p99=settings.analysis_max_p99,
+        max_p99_ratio=settings.analysis_max_p99_ratio,
+        watch=settings.analysis_watch,
+    )
 
 
 def _reason(exc: OSError) -> str:

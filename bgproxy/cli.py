@@ -1,10 +1,10 @@
 """Command line: `bgproxy serve | demo`, and the admin API's client: `status | switch COLOUR | promote [--steps ...] |
-shift WEIGHT | pause | resume | abort | rollback | release VERSION`.
+shift WEIGHT | pause | resume | abort | rollback | release VERSION | wait-drained COLOUR [--timeout S]`.
 
 Flags mirror the settings (`--blue-url` for BGPROXY_BLUE_URL, ...) and win over the environment. Every
 failure is one line on stderr, never a traceback: exit 2 when nothing could be done (a bad setting, an address
 that cannot be listened on, a state that cannot be read, an admin API that cannot be reached), exit 1 when the
-admin API refused the call (its message is printed).
+admin API refused the call (its message is printed), or when `wait-drained` timed out.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import asyncio
 import http.client
 import json
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Coroutine, Sequence
@@ -23,6 +24,7 @@ from .settings import ENV_PREFIX, Settings, SettingsError, load_settings
 
 EXIT_REFUSED = 1  # the admin API answered and refused the call
 EXIT_START = 2  # nothing was done: see the module docstring
+DRAINED_POLL = 0.5  # seconds between two looks of `wait-drained` at /state
 _SHORT = {"blue_url": ["--blue"], "green_url": ["--green"]}
 
 
@@ -81,9 +83,41 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--reason", default="", help="recorded in the history")
         if name in ("switch", "promote", "shift", "rollback"):
             p.add_argument("--force", action="store_true", help="past failing health or pre-promotion checks")
-        _settings_flags(p, only=("admin_url", "admin_token"))
-        p.add_argument("--token", dest="admin_token", default=None, help="same as --admin-token")
+        _admin_flags(p)
+    wait = sub.add_parser(
+        "wait-drained",
+        help="wait until a colour is drained on this replica (no ordinary traffic, nothing live in flight for "
+        "DRAINED_AFTER): then it can be scaled down",
+    )
+    wait.add_argument("color", metavar="COLOUR", type=_colour, help="blue or green")
+    wait.add_argument(
+        "--timeout", type=_seconds, default=None, metavar="S", help="give up after S seconds (exit 1); default: wait"
+    )
+    _admin_flags(wait)
     return parser
+
+
+def _admin_flags(p: argparse.ArgumentParser) -> None:
+    _settings_flags(p, only=("admin_url", "admin_token"))
+    p.add_argument("--token", dest="admin_token", default=None, help="same as --admin-token")
+
+
+def _colour(text: str) -> str:
+    """A colour as typed; the same words as the admin API's."""
+    value = text.strip().lower()
+    if value not in ("blue", "green"):
+        raise argparse.ArgumentTypeError(f"unknown colour {text!r}: expected 'blue' or 'green'")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}")
+    return value
 
 
 def _weight(text: str) -> int:
@@ -128,7 +162,10 @@ def _command(args: argparse.Namespace) -> int:
     if args.command in ("serve", "demo"):
         return _start(args)
     overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields}
-    return _admin_call(args, load_settings(**overrides))
+    settings = load_settings(**overrides)
+    if args.command == "wait-drained":
+        return _wait_drained(settings, args.color, args.timeout)
+    return _admin_call(args, settings)
 
 
 def _start(args: argparse.Namespace) -> int:
@@ -153,8 +190,31 @@ def _start(args: argparse.Namespace) -> int:
     return 0
 
 
+def _wait_drained(settings: Settings, color: str, timeout: float | None) -> int:
+    """Poll /state until the colour's `drained_since` is set; print its figures then. Exit 1 after `timeout`."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            backend = _request(settings, "GET", "/state", None)["backends"][color]
+            drained = backend["drained_since"]
+        except (KeyError, TypeError):
+            raise CommandFailed(
+                f"{settings.admin_url} does not report drained_since in /state: an older bgproxy", EXIT_START
+            ) from None
+        if drained is not None:
+            print(json.dumps(backend, indent=2))
+            return 0
+        if deadline is not None and time.monotonic() >= deadline:
+            raise CommandFailed(
+                f"{color} is not drained after {timeout:g}s: {backend['inflight']} request(s) or websocket(s) in "
+                "flight on it, or it still gets ordinary traffic (see bgproxy status)",
+                EXIT_REFUSED,
+            )
+        pause = DRAINED_POLL if deadline is None else max(0.0, min(DRAINED_POLL, deadline - time.monotonic()))
+        time.sleep(pause)
+
+
 def _admin_call(args: argparse.Namespace, settings: Settings) -> int:
-    base = settings.admin_url.rstrip("/")
     body: dict[str, Any] | None = None
     if args.command == "status":
         method, path = "GET", "/state"
@@ -174,6 +234,13 @@ def _admin_call(args: argparse.Namespace, settings: Settings) -> int:
                 body["steps"] = args.steps
             if args.interval is not None:  # without --steps the server refuses it: never a silent instant promote
                 body["interval"] = args.interval
+    print(json.dumps(_request(settings, method, path, body), indent=2))
+    return 0
+
+
+def _request(settings: Settings, method: str, path: str, body: dict[str, Any] | None) -> Any:
+    """One call of the admin API: its JSON answer, or CommandFailed with the server's message."""
+    base = settings.admin_url.rstrip("/")
     headers = {"Content-Type": "application/json"}
     if settings.admin_token is not None:
         headers["Authorization"] = f"Bearer {settings.admin_token.get_secret_value()}"
@@ -195,8 +262,7 @@ def _admin_call(args: argparse.Namespace, settings: Settings) -> int:
             f"check {ENV_PREFIX}ADMIN_URL (--admin-url)",
             EXIT_START,
         ) from None
-    print(json.dumps(answer, indent=2))
-    return 0
+    return answer
 
 
 def _error_message(exc: urllib.error.HTTPError) -> str:

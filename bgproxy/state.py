@@ -27,11 +27,10 @@ MAX_CONFLICT_RETRIES = 5
 OWNED_BACKLOG = 16  # changes from outside kept until the store says whether this replica's write settled them
 
 Decision = Callable[[State], State]
-# (old, new, written here): called on the loop for every new revision applied; the flag says whether this replica
-# wrote it (so that what happens once per change, a webhook or an Event, happens on one replica only). An edit made
-# outside bgproxy (the ConfigMap, by kubectl or Git) is told with False when it arrives, and once more with True on
-# the one replica whose write then settled it (`Store.on_owned`).
-Listener = Callable[[State, State, bool], None]
+# (old, new): `listeners` hear every new revision applied here, once; `owners` hear, once, each change this replica
+# owns: the ones it wrote, and the outside edits (kubectl, Git) whose settling write the store says was its own
+# (`Store.on_owned`). What must happen once per change across replicas (a webhook, an Event) listens as an owner.
+Listener = Callable[[State, State], None]
 
 
 class StateHolder:
@@ -43,6 +42,7 @@ class StateHolder:
         self.loaded = False
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_SIZE)
         self.listeners: list[Listener] = []
+        self.owners: list[Listener] = []
         self._writing: State | None = None  # the state this replica is writing: its own when it comes back
         self._unowned: deque[tuple[State, State]] = deque(maxlen=OWNED_BACKLOG)  # (old, new) told as others'
         self._owned_early: deque[State] = deque(maxlen=OWNED_BACKLOG)  # settled here before they were applied
@@ -107,7 +107,7 @@ class StateHolder:
         for i, (old, new) in enumerate(self._unowned):
             if new == state:
                 del self._unowned[i]
-                self._tell(old, new, own=True)
+                self._tell_owners(old, new)
                 return
         if state.revision > self.current.revision:
             self._owned_early.append(state)
@@ -160,13 +160,16 @@ class StateHolder:
             source=new.source,
             reason=new.reason,
         )
-        if not own:
-            self._unowned.append((old, new))
-        self._tell(old, new, own=own)
-
-    def _tell(self, old: State, new: State, *, own: bool) -> None:
         for listener in self.listeners:
-            listener(old, new, own)
+            listener(old, new)
+        if own:
+            self._tell_owners(old, new)
+        else:
+            self._unowned.append((old, new))
+
+    def _tell_owners(self, old: State, new: State) -> None:
+        for owner in self.owners:
+            owner(old, new)
 
     def _swap(self, new: State, *, flipped: bool) -> None:
         self.current = new

@@ -11,10 +11,22 @@ from aiohttp import web
 
 from ..metrics import Metrics
 from ..release.checks import PromoteChecks
+from ..release.live import LiveFigures
 from ..settings import Settings
 from ..state import StateHolder
 from .body import MAX_BODY
-from .keys import AUTO_PROMOTE, CHECKS, HOLDER, METRICS, OPENAPI, READY, SETTINGS, AutoPromoteStatus, ReadyCheck
+from .keys import (
+    AUTO_PROMOTE,
+    CHECKS,
+    HOLDER,
+    LIVE,
+    METRICS,
+    OPENAPI,
+    READY,
+    SETTINGS,
+    AutoPromoteStatus,
+    ReadyCheck,
+)
 from .middleware import guard, json_errors
 from .openapi import openapi_document
 from .routes import ROUTES, add_routes
@@ -28,6 +40,7 @@ def build_admin_app(
     metrics: Metrics,
     ready: ReadyCheck,
     *,
+    live: LiveFigures,
     checks: PromoteChecks | None = None,
     auto_promote: AutoPromoteStatus = lambda: None,
 ) -> web.Application:
@@ -36,6 +49,7 @@ def build_admin_app(
     app[SETTINGS] = settings
     app[HOLDER] = holder
     app[METRICS] = metrics
+    app[LIVE] = live
     app[READY] = ready
     app[CHECKS] = checks if checks is not None else PromoteChecks((), settings.upstreams())
     app[AUTO_PROMOTE] = auto_promote

@@ -9,11 +9,13 @@ from aiohttp import web
 
 from ..metrics import Metrics
 from ..release.checks import PromoteChecks
+from ..release.live import LiveFigures
 from ..settings import Settings
 from ..state import StateHolder
 
 HOLDER = web.AppKey("holder", StateHolder)
 METRICS = web.AppKey("metrics", Metrics)
+LIVE = web.AppKey("live", LiveFigures)
 SETTINGS = web.AppKey("settings", Settings)
 ReadyCheck = Callable[[], bool]
 READY: web.AppKey[ReadyCheck] = web.AppKey("ready")

@@ -16,13 +16,14 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from ..core import rollout, routing
+from ..core.analysis import Figures
 from ..core.checks import ChecksFailed, skipped
 from ..core.model import Color, Health, InvalidPlan, RoutingError, State
 from ..log import log
 from ..metrics import CONTENT_TYPE
 from ..stores import StoreError
 from .body import read_body
-from .keys import AUTO_PROMOTE, CHECKS, HOLDER, METRICS, OPENAPI, READY, SETTINGS
+from .keys import AUTO_PROMOTE, CHECKS, HOLDER, LIVE, METRICS, OPENAPI, READY, SETTINGS
 from .middleware import Handler, error
 from .schemas import (
     BackendView,
@@ -52,14 +53,33 @@ def answer(view: BaseModel, status: int = 200) -> web.Response:
 
 def state_view(request: web.Request) -> StateView:
     holder, settings, metrics = request.app[HOLDER], request.app[SETTINGS], request.app[METRICS]
-    urls = settings.upstreams()
+    live = request.app[LIVE]
+    urls, figures = settings.upstreams(), live.figures()
     return StateView.model_validate(
         {
             **holder.current.to_dict(),
             "store": StoreView.model_validate(holder.store.describe()),
-            "backends": {c: BackendView(url=urls[c].url, healthy=metrics.healthy[c]) for c in Color},
+            "backends": {
+                c: backend_view(urls[c].url, metrics.healthy[c], figures[c], live.drained_since(c), kept=live.kept)
+                for c in Color
+            },
             "auto_promote": request.app[AUTO_PROMOTE](),
         }
+    )
+
+
+def backend_view(url: str, healthy: bool, f: Figures, drained_since: float | None, *, kept: bool) -> BackendView:
+    """A colour's view; the window's figures are null when none are kept (ANALYSIS_ENABLED=false)."""
+    return BackendView(
+        url=url,
+        healthy=healthy,
+        inflight=f.inflight,
+        requests=f.requests if kept else None,
+        rps=round(f.rps, 3) if kept else None,
+        error_rate=round(f.error_rate, 4) if kept else None,
+        p50=None if f.p50 is None else round(f.p50, 6),
+        p99=None if f.p99 is None else round(f.p99, 6),
+        drained_since=drained_since,
     )
 
 

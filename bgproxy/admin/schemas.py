@@ -169,8 +169,24 @@ class ResponseBody(BaseModel):
 
 
 class BackendView(ResponseBody):
+    """One colour's upstream and this replica's live figures of it, over ANALYSIS_WINDOW: only requests that started
+    since the colour began getting its current ordinary traffic. With ANALYSIS_ENABLED=false no window is kept and
+    its figures (requests, rps, error_rate, p50, p99) are null."""
+
     url: str = Field(description="the colour's upstream base URL")
     healthy: bool = Field(description="false while its health checks fail")
+    inflight: int = Field(ge=0, description="requests and websockets being answered by it now")
+    requests: int | None = Field(ge=0, description="requests answered within the window (websockets not counted)")
+    rps: float | None = Field(ge=0, description="requests per second over the window")
+    error_rate: float | None = Field(
+        ge=0, le=1, description="share of those answered 5xx (the upstream's, or the proxy's 502/504)"
+    )
+    p50: float | None = Field(description="median duration in seconds, head to end of response; null without requests")
+    p99: float | None = Field(description="99th percentile duration in seconds; null without requests")
+    drained_since: float | None = Field(
+        description="when it became drained (gets no ordinary traffic, and nothing live in flight for DRAINED_AFTER),"
+        " seconds since the epoch; null while it is not"
+    )
 
 
 class StoreView(ResponseBody):

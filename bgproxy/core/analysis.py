@@ -27,10 +27,16 @@ class Figures:
     p50: float | None = None  # seconds; None without requests
     p99: float | None = None
     inflight: int = 0
+    span: float = 0.0  # seconds the figures cover: the window, or less since the colour began getting traffic
 
     @property
     def error_rate(self) -> float:
         return self.errors / self.requests if self.requests else 0.0
+
+    @property
+    def rps(self) -> float:
+        """Requests per second over the span (at least a second, so a fresh span does not inflate it)."""
+        return self.requests / max(self.span, 1.0)
 
 
 @dataclass(frozen=True, slots=True)

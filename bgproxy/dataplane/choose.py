@@ -51,15 +51,16 @@ class Chooser:
         sticky: bytes | None,
         xff: bytes | None,
         peer: bytes,
-    ) -> tuple[UpstreamPool, bytes]:
-        """The pool of the colour that serves this request, and the Set-Cookie line its response carries (or b"")."""
+    ) -> tuple[UpstreamPool, bytes, bool]:
+        """The pool of the colour that serves this request, the Set-Cookie line its response carries (or b""), and
+        whether it goes there as a preview (not live traffic: it does not keep a colour from being drained)."""
         if preview is not None or (cookie is not None and self.preview_bytes in cookie):
             asked = preview_color(state, self._preview(preview, cookie, xff, peer))
             if asked is not None:
-                return self.pools[asked], b""
+                return self.pools[asked], b"", True
         weight = state.weight
         if weight <= 0 or weight >= MAX_WEIGHT:
-            return self.pools[choose(state, None, 0)], b""
+            return self.pools[choose(state, None, 0)], b"", False
         bucket = None
         if cookie is not None and self.sticky_bytes and self.sticky_bytes in cookie:
             bucket = buckets.from_cookie(cookie_value(cookie.decode("latin-1"), self.sticky_cookie))
@@ -70,7 +71,7 @@ class Chooser:
             bucket = random.randrange(buckets.BUCKETS)
             if self.sticky_cookie:
                 line = buckets.set_cookie_line(self.sticky_cookie, bucket)
-        return self.pools[choose(state, None, bucket)], line
+        return self.pools[choose(state, None, bucket)], line, False
 
     def _preview(self, preview: bytes | None, cookie: bytes | None, xff: bytes | None, peer: bytes) -> str | None:
         """The preview value a request may route by (the header wins over the cookie), or None/"" when it may not."""

@@ -220,6 +220,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _start(self, ex: Exchange) -> None:
         ex.pool.stats.inflight += 1  # until Exchange.finish
+        if ex.preview:
+            ex.pool.stats.previews += 1
         ex.started = perf_counter()  # uvloop's clock moves in whole milliseconds: too coarse for durations
         self.deadline_kind = EXCHANGE
         self.deadline = 0.0  # the ticker starts the read clock

@@ -50,6 +50,7 @@ class Exchange:
         "pending",
         "pending_bytes",
         "pool",
+        "preview",
         "request_done",
         "response_done",
         "retried",
@@ -76,6 +77,7 @@ class Exchange:
         self.ignore_upgrade = False  # an Upgrade that is not a websocket: dropped as hop-by-hop, parsed on as HTTP
         self.retryable = False
         self.set_cookie = b""  # a sticky bucket drawn for this request, handed to the client with the response
+        self.preview = False  # a preview is not live traffic: it does not keep its colour from being drained
         self.head_request = method == b"HEAD"
         self.pending: list[bytes] = []  # body received while no upstream connection is attached yet
         self.pending_bytes = 0
@@ -90,8 +92,11 @@ class Exchange:
     def finish(self, code: int) -> float:
         """The one place an exchange's end is counted: status `code` on its colour; returns the time it took."""
         self.response_done = True
-        seconds = perf_counter() - self.started
+        now = perf_counter()
         stats = self.pool.stats
         stats.inflight -= 1
-        stats.done(self.method, code, seconds)
-        return seconds
+        if self.preview:
+            stats.previews -= 1
+        else:
+            stats.ended = now
+        return stats.done(self.method, code, self.started, now)

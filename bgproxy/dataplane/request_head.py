@@ -177,8 +177,9 @@ def read_request(
     if preview is None and not state.weight and (cookie is None or chooser.preview_bytes not in cookie):
         pool = chooser.pools[state.active]
         set_cookie = b""
+        previewed = False
     else:
-        pool, set_cookie = chooser.choose(state, preview, cookie, sticky, xff, peer)
+        pool, set_cookie, previewed = chooser.choose(state, preview, cookie, sticky, xff, peer)
 
     out += (b"X-Forwarded-For: ", xff + b", " + peer if xff else peer, b"\r\n")
     if not has_xfp:
@@ -207,4 +208,6 @@ def read_request(
     ex.ignore_upgrade = ignore_upgrade
     ex.retryable = not has_body and method in IDEMPOTENT
     ex.set_cookie = set_cookie
+    if previewed:
+        ex.preview = True
     return ex

@@ -97,18 +97,17 @@ class KubeEvents:
 
     def start(self) -> None:
         self.outbox.start()
-        self.holder.listeners.append(self.changed)
+        self.holder.owners.append(self.changed)
 
     async def stop(self) -> None:
-        if self.changed in self.holder.listeners:
-            self.holder.listeners.remove(self.changed)
+        if self.changed in self.holder.owners:
+            self.holder.owners.remove(self.changed)
         await self.outbox.stop()
         self._api.close()
 
-    def changed(self, old: State, new: State, own: bool) -> None:
-        """A holder listener: only the replica that wrote the change records it."""
-        if own:
-            self.outbox.put(Notice.of(old, new))
+    def changed(self, old: State, new: State) -> None:
+        """A holder owner: only the replica that owns the change (it wrote it) records it."""
+        self.outbox.put(Notice.of(old, new))
 
     async def _record(self, notice: Notice) -> None:
         """One try: create the Event, or count a repeat of it."""

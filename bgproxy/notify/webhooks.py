@@ -93,23 +93,22 @@ class Webhooks:
         )
         for outbox in self.outboxes:
             outbox.start()
-        self.holder.listeners.append(self.changed)
+        self.holder.owners.append(self.changed)
 
     async def stop(self) -> None:
-        if self.changed in self.holder.listeners:
-            self.holder.listeners.remove(self.changed)
+        if self.changed in self.holder.owners:
+            self.holder.owners.remove(self.changed)
         for outbox in self.outboxes:
             await outbox.stop()
         if self._session is not None:
             await self._session.close()
             self._session = None
 
-    def changed(self, old: State, new: State, own: bool) -> None:
-        """A holder listener: only the replica that wrote the change delivers it."""
-        if own:
-            notice = Notice.of(old, new)
-            for outbox in self.outboxes:
-                outbox.put(notice)
+    def changed(self, old: State, new: State) -> None:
+        """A holder owner: only the replica that owns the change (it wrote it) delivers it."""
+        notice = Notice.of(old, new)
+        for outbox in self.outboxes:
+            outbox.put(notice)
 
     async def _post(self, url: str, notice: Notice) -> None:
         assert self._session is not None

@@ -39,7 +39,7 @@ class StateClock(abc.ABC):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def _changed(self, old: State, new: State, own: bool) -> None:
+    def _changed(self, old: State, new: State) -> None:
         self._wake.set()
 
     async def _run(self) -> None:

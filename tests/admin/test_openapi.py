@@ -64,7 +64,7 @@ def test_a_request_body_is_required_exactly_when_its_model_has_a_required_field(
 async def test_every_route_the_app_serves_is_in_the_document_and_the_document_is_what_is_served(
     proxy: Bgproxy,
 ) -> None:
-    app = build_admin_app(proxy.settings, proxy.holder, proxy.metrics, proxy.ready)
+    app = build_admin_app(proxy.settings, proxy.holder, proxy.metrics, proxy.ready, live=proxy.live)
     served = {
         (route.method.lower(), route.resource.canonical)
         for route in app.router.routes()

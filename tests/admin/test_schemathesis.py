@@ -206,7 +206,20 @@ def test_a_state_with_a_null_previous_matches_the_document(admin_base: str) -> N
     initial = {
         **initial_state(Color.BLUE, now=1.0).to_dict(),
         "store": {"backend": "memory"},
-        "backends": {c.value: {"url": "http://127.0.0.1:1", "healthy": True} for c in Color},
+        "backends": {
+            c.value: {
+                "url": "http://127.0.0.1:1",
+                "healthy": True,
+                "inflight": 0,
+                "requests": 0,
+                "rps": 0.0,
+                "error_rate": 0.0,
+                "p50": None,
+                "p99": None,
+                "drained_since": None,
+            }
+            for c in Color
+        },
         "auto_promote": None,
     }
     assert initial["previous"] is None

@@ -18,7 +18,7 @@ import pytest
 
 from tests.support.processes import PROC_TIMEOUT, ROOT
 
-SAMPLE = '''
+SAMPLE = """
 import pytest
 
 from tests.support.tools import require_tool
@@ -39,7 +39,7 @@ def test_plain_skip_naming_a_tool():
 
 def test_skip_for_something_else():
     pytest.skip("needs Linux /proc")
-'''
+"""
 TOOL_CASES = {"test_require_tool", "test_skipif_mark", "test_plain_skip_naming_a_tool"}
 
 

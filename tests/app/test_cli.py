@@ -85,7 +85,9 @@ async def test_switch_promote_rollback(proxy: Bgproxy, capsys: pytest.CaptureFix
     assert code == 0
     assert (json.loads(out)["active"], json.loads(out)["revision"]) == ("green", 3)
     assert await served_by(proxy) == "green"
-    assert await state_of(proxy) == json.loads(out)
+    later, printed = await state_of(proxy), json.loads(out)
+    del later["backends"], printed["backends"]  # their live figures moved on with the request just served
+    assert later == printed
 
 
 async def test_release_records_the_release_on_the_standby_colour(

@@ -34,6 +34,7 @@ ADMIN_COMMANDS = (
     ["abort"],
     ["rollback"],
     ["release", "v43"],
+    ["wait-drained", "green"],
 )
 
 
@@ -187,6 +188,10 @@ def all_cases(busy: int, admin: str, other: str) -> dict[str, Case]:
         "release-refused": Case(
             ["release", "v 43", "--admin-url", admin, "--token", TOKEN], 1, "POST /release failed (400): 'release'"
         ),
+        # the active colour is never drained
+        "wait-drained-timed-out": Case(
+            ["wait-drained", "blue", "--timeout", "0", "--admin-url", admin], 1, "blue is not drained after 0s"
+        ),
     }
     nowhere = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     for command in ADMIN_COMMANDS:
@@ -248,6 +253,6 @@ def test_the_port_test_holds_is_really_taken(held_port: int) -> None:
 def test_cases_cover_every_command() -> None:
     from bgproxy.cli import build_parser
 
-    commands = {n.partition("-")[0] for n in CASE_NAMES}
+    commands = {case.argv[0] for case in all_cases(0, "", "").values()}
     subparsers = next(a for a in build_parser()._actions if a.dest == "command")
     assert isinstance(subparsers.choices, dict) and commands == set(subparsers.choices)

@@ -271,8 +271,10 @@ def test_promtool_check_metrics_accepts_every_metric_family_with_samples() -> No
     store does not show."""
     metrics = Metrics()
     metrics.configmap_figures().set(1)
-    metrics.colors[Color.BLUE].done(b"GET", 200, 0.003)
-    metrics.colors[Color.GREEN].done(b"POST", 502, 0.2)
+    metrics.colors[Color.BLUE].done(b"GET", 200, 0.0, 0.003)
+    metrics.colors[Color.GREEN].done(b"POST", 502, 0.0, 0.2)
+    metrics.auto_rollbacks.labels("green", "error_rate").inc()
+    metrics.drained.labels("blue").set(1)
     metrics.error_counters[(Color.GREEN, "connect")].inc()
     metrics.config_errors.labels("configmap").inc()
     metrics.unhealthy_switches.labels("configmap").inc()

@@ -216,6 +216,13 @@ async def assert_flips_refused(
         message = json.loads(body)["error"]
         assert "nothing was switched" in message and f"cannot write state file {path}" in message
         _, _, after = await http(session, "GET", f"{base}/state")
-        assert json.loads(after) == json.loads(before)
+        assert routing_of(after) == routing_of(before)
         assert await served_by(session, port) == "blue"
     return before
+
+
+def routing_of(state: str) -> dict[str, Any]:
+    """A /state answer without the live figures of its backends, which move with every request served."""
+    out: dict[str, Any] = json.loads(state)
+    out["backends"] = {c: {"url": b["url"], "healthy": b["healthy"]} for c, b in out["backends"].items()}
+    return out

@@ -95,6 +95,18 @@ def upstream_app(up: Upstream) -> web.Application:
         await resp.write_eof()
         return resp
 
+    async def drip(request: web.Request) -> web.StreamResponse:
+        """A download that takes `seconds` (default 5): a chunk every tenth of it."""
+        seconds = float(request.query.get("seconds", "5"))
+        await record(request)
+        resp = web.StreamResponse(headers={"X-App": up.color})
+        await resp.prepare(request)
+        for _ in range(10):
+            await resp.write(up.color.encode() * 1024)
+            await asyncio.sleep(seconds / 10)
+        await resp.write_eof()
+        return resp
+
     async def gate(request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
         arrived, release = up.gate(name)
@@ -151,6 +163,7 @@ def upstream_app(up: Upstream) -> web.Application:
     app.router.add_route("*", "/echo", echo)
     app.router.add_route("*", "/count", count)
     app.router.add_get("/stream", stream)
+    app.router.add_get("/drip", drip)
     app.router.add_get("/gate/{name}", gate)
     app.router.add_route("*", "/status/{code}", status)
     app.router.add_route("*", "/ctl/{name}", ctl)

@@ -52,10 +52,21 @@ class ServeProcess:
         self.proc: asyncio.subprocess.Process | None = None
         self.stderr_path = tmp_path / f"stderr-{time.monotonic_ns()}.txt"
 
-    async def start(self, *, stdout: int | None = asyncio.subprocess.DEVNULL) -> ServeProcess:
+    async def start(
+        self, *, stdout: int | None = asyncio.subprocess.DEVNULL, pass_fds: Sequence[int] = ()
+    ) -> ServeProcess:
+        """Start it; `pass_fds`: descriptors it inherits (a state file it reaches as /proc/self/fd/N)."""
         with self.stderr_path.open("wb") as err:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bgproxy", *self.args, env=self.env, cwd=self.tmp_path, stdout=stdout, stderr=err
+                sys.executable,
+                "-m",
+                "bgproxy",
+                *self.args,
+                env=self.env,
+                cwd=self.tmp_path,
+                stdout=stdout,
+                stderr=err,
+                pass_fds=pass_fds,
             )
         return self
 

@@ -23,6 +23,7 @@ CI_TOOLS = {
     "promtool": "apt-get install prometheus",
     "prometheus": "apt-get install prometheus",
     "chromium": "apt-get install chromium",
+    "playwright": "pip install playwright ([test] extra)",
 }
 _NAMED = re.compile(r"(?<![\w-])(" + "|".join(re.escape(t) for t in CI_TOOLS) + r")(?![\w-])")
 

@@ -85,6 +85,8 @@ bgproxy demo: proxy on {p}, admin API on {a} (blue and green demo upstreams on l
   curl -X POST {a}/rollback                   # and back
   curl {a}/state ; curl {a}/history ; curl {a}/metrics
 
+Dashboard: open {a}/ in a browser (the live colour, the figures, the history, and the buttons).
+
 Ctrl-C to stop.
 """,
                 flush=True,

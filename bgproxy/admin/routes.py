@@ -261,6 +261,10 @@ def post(
     return Route("POST", path, summary, mutation(model, decide, receives), StateView, body=model)
 
 
+def dashboard_file(path: str, name: str, media_type: str, summary: str) -> Route:
+    return Route("GET", path, summary, page.serve(name, media_type), None, media_type=media_type)
+
+
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/state", "The routing state", get_state, StateView),
     post(
@@ -317,30 +321,11 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route("GET", "/metrics", "Prometheus text exposition", metrics, None, media_type="text/plain"),
     Route("GET", "/openapi.json", "This document", openapi, None),
-    Route(
-        "GET",
-        "/",
-        "The dashboard: a live page of the state, the figures and the history, and its buttons",
-        page.serve("index.html", "text/html"),
-        None,
-        media_type="text/html",
+    dashboard_file(
+        "/", "index.html", "text/html", "The dashboard: the state, the figures and the history, live, and buttons"
     ),
-    Route(
-        "GET",
-        "/dashboard/app.js",
-        "The dashboard's script",
-        page.serve("app.js", "text/javascript"),
-        None,
-        media_type="text/javascript",
-    ),
-    Route(
-        "GET",
-        "/dashboard/style.css",
-        "The dashboard's style",
-        page.serve("style.css", "text/css"),
-        None,
-        media_type="text/css",
-    ),
+    dashboard_file("/dashboard/app.js", "app.js", "text/javascript", "The dashboard's script"),
+    dashboard_file("/dashboard/style.css", "style.css", "text/css", "The dashboard's style"),
     Route(
         "GET",
         "/events",

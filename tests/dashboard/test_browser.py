@@ -86,6 +86,8 @@ async def test_a_click_on_promote_flips_traffic_and_the_page_shows_it_within_a_s
             assert "done" in await dashboard.result()
             expected = "blue" if expected == "green" else "green"
         assert all(status == 200 for _, _, status in traffic.answers)
+        span = traffic.answers[-1][0] - traffic.answers[0][0]
+        rate = len(traffic.answers) / span if span > 0 else 0.0
     await dashboard.screenshot("promoted")
 
     def ms(values: list[float]) -> str:
@@ -96,6 +98,7 @@ async def test_a_click_on_promote_flips_traffic_and_the_page_shows_it_within_a_s
         f"{statistics.median(shown_after) * 1000:.0f}, max {max(shown_after) * 1000:.0f}"
         f"\n[dashboard] click -> first request answered by the new colour (ms): {ms(first_after)}; median "
         f"{statistics.median(first_after) * 1000:.0f}, max {max(first_after) * 1000:.0f}"
+        f"\n[dashboard] with {rate:.0f} ordinary requests a second through the proxy"
         f"\n[dashboard] (the first is timed from the token dialog's 'Use token': the 401 that asked for it came before)"
     )
     assert max(shown_after) < SHOWN_WITHIN, shown_after

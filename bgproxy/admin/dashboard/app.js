@@ -85,11 +85,9 @@
   }
 
   function sampleOf(f) {
+    // the series' samples hold fewer figures (the server's choice); the charts read only those
     const out = { at: f.at };
-    for (const c of COLORS) {
-      const b = f.backends[c];
-      out[c] = { rps: b.rps, error_rate: b.error_rate, p50: b.p50, p99: b.p99, inflight: b.inflight };
-    }
+    for (const c of COLORS) out[c] = f.backends[c];
     return out;
   }
 
@@ -135,8 +133,8 @@
     text($("store"), storeText(s.store));
     renderBanners();
     for (const c of COLORS) renderCard(c);
-    $("promote").textContent = `Promote ${s.standby}`;
-    $("rollback").textContent = s.weight > 0 || s.rollout ? "Roll back (abort)" : `Roll back to ${s.previous ?? "previous"}`;
+    text($("promote"), `Promote ${s.standby}`);
+    text($("rollback"), s.weight > 0 || s.rollout ? "Roll back (abort)" : `Roll back to ${s.previous ?? "previous"}`);
     $("pause").disabled = busy || !s.rollout || s.rollout.paused;
     $("resume").disabled = busy || !s.rollout || !s.rollout.paused;
   }

@@ -123,6 +123,10 @@ async def test_a_stepped_promotion_s_progress_is_visible_as_it_advances(dashboar
         assert "Weight 60 %: 40 % to blue, 60 % to green" in await page.inner_text("#weight-text")
         assert "then green goes live" in await page.inner_text("#next-step")
         assert await page.is_disabled("#resume") and await page.is_enabled("#pause")
+        # the charts draw both colours' live figures, and say their latest values to a screen reader
+        charted = "document.getElementById('chart-rps').ariaLabel"
+        await dashboard.wait("charted figures", f"/green [1-9][0-9.]*\\/s/.test({charted})")
+        assert "green p99 " in (await page.get_attribute("#chart-lat", "aria-label") or "")
         await dashboard.screenshot("stepped")
         await dashboard.wait_shows("green")
         await dashboard.wait("the promotion ended", "document.getElementById('rollout').hidden")

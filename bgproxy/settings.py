@@ -7,6 +7,7 @@ variable and the form it expects; the CLI prints it and exits 2 before anything 
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
@@ -391,6 +392,20 @@ class Settings(BaseSettings):
             )
         assert self.blue_url is not None and self.green_url is not None
         return {Color.BLUE: self.blue_url, Color.GREEN: self.green_url}
+
+
+class Terminal(NamedTuple):
+    """How the CLI may draw on its output."""
+
+    colours: bool  # ANSI colours
+    redraw: bool  # clear the screen and draw again in place (`status --watch`)
+
+
+def terminal(isatty: bool) -> Terminal:
+    """Escape codes only for a terminal; NO_COLOR (https://no-color.org: set and not empty) turns colours off, and
+    TERM=dumb (a terminal that understands no escape codes, such as an editor's shell buffer) both."""
+    dumb = os.environ.get("TERM") == "dumb"
+    return Terminal(colours=isatty and not dumb and not os.environ.get("NO_COLOR"), redraw=isatty and not dumb)
 
 
 def load_settings(**overrides: Any) -> Settings:

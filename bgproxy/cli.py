@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--admin-listen", dest="admin_listen", default=None, help="admin address (default 127.0.0.1:9090)"
     )
     for name, help_text in (
-        ("status", "show the routing state"),
+        ("status", "where traffic goes, the promotion under way, each colour's health and figures (--watch: live)"),
         ("switch", "make a colour active"),
         ("promote", "make the standby colour active, at once or (with --steps) step by step"),
         ("shift", "send a percent of ordinary traffic to the standby colour"),

@@ -148,8 +148,9 @@ def applied(replica: Replica, revision: int) -> float:
     pytest.fail(f"replica {replica.name} did not log revision {revision}")
 
 
-async def one_rollback_each(http: aiohttp.ClientSession, rollback: Commit, *replicas: Replica) -> None:
-    """Exactly one automatic rollback, written by one replica: in each history, the counters, the log lines."""
+async def one_rollback_each(http: aiohttp.ClientSession, rollback: Commit, *replicas: Replica) -> str:
+    """Exactly one automatic rollback, written by one replica: in each history, the counters, the log lines. Returns
+    the writer's name."""
     for r in replicas:
         entries = [e for e in await history(http, r, 0) if e["event"] == "auto-rollback"]
         assert [(e["revision"], e["source"]) for e in entries] == [(rollback.revision, "analysis")], r.name
@@ -159,6 +160,7 @@ async def one_rollback_each(http: aiohttp.ClientSession, rollback: Commit, *repl
     assert sorted(counted) == [0.0, 1.0], counted
     writers = [r.name for r in replicas for record in r.records() if record["event"] == "auto_rollback"]
     assert len(writers) == 1, writers
+    return writers[0]
 
 
 async def one_delivery_per_change(http: aiohttp.ClientSession, receiver: Receiver, *replicas: Replica) -> list[str]:
@@ -207,7 +209,7 @@ async def test_two_replicas_roll_a_failing_canary_back_once_and_hold_it_until_gi
             figures = (await full_state(http, r))["backends"]["green"]
             assert figures["requests"] > 0 and figures["error_rate"] > 0.05, (r.name, figures)
             assert any(x.color == "green" and x.status == 500 for x in loads[r.name].answers), r.name
-        await one_rollback_each(http, rollback, a, b)
+        writer = await one_rollback_each(http, rollback, a, b)
         assert rollback.state is not None
         hold = rollback.state["hold"]
         assert (hold["active"], hold["weight"], hold["release"]) == ("blue", CANARY, "v43")
@@ -275,10 +277,11 @@ async def test_two_replicas_roll_a_failing_canary_back_once_and_hold_it_until_gi
         capsys,
         f"two replicas, a canary at {CANARY}% of a green failing 30% under load through both "
         f"(ANALYSIS_WINDOW {WINDOW:g}s, MIN_REQUESTS {MIN_REQUESTS}): from the first failure to the rollback's "
-        f"commit {rollback.at - first:.2f}s, to it applied on a {took['a']:.2f}s, on b {took['b']:.2f}s; 1 rollback in "
-        f"the commits, each history, the counters and the webhooks; the hold kept through 2 re-applies of the "
-        f"manifest (revision {rollback.revision} throughout); kubectl apply of a new release cleared it on a "
-        f"{cleared['a'] * 1000:.0f} ms and b {cleared['b'] * 1000:.0f} ms after kubectl started",
+        f"commit {rollback.at - first:.2f}s (written by {writer}), to it applied on a {took['a']:.2f}s, on b "
+        f"{took['b']:.2f}s; 1 rollback in the commits, each history, the counters and the webhooks; the hold "
+        f"kept through 2 re-applies of the manifest (revision {rollback.revision} throughout); kubectl apply of a "
+        f"new release cleared it on a {cleared['a'] * 1000:.0f} ms and b {cleared['b'] * 1000:.0f} ms after "
+        "kubectl started",
     )
 
 
@@ -313,7 +316,7 @@ async def test_an_auto_promoted_release_failing_inside_the_watch_is_rolled_back_
         first = green.first_failure
         assert first is not None
         rolled = {r.name: applied(r, rollback.revision) for r in (a, b)}
-        await one_rollback_each(http, rollback, a, b)
+        writer = await one_rollback_each(http, rollback, a, b)
         for r in (a, b):
             state = await full_state(http, r)
             assert (state["active"], state["previous"], state["weight"]) == ("blue", "green", 0)
@@ -363,7 +366,8 @@ async def test_an_auto_promoted_release_failing_inside_the_watch_is_rolled_back_
         capsys,
         f"two replicas, AUTO_PROMOTE_AFTER {AFTER:g}s: v43 auto-promoted {promotion.at - released.at:.2f}s "
         f"after kubectl patched its release; it failed 30% inside the watch: from the first failure to the rollback's "
-        f"commit {rollback.at - first:.2f}s, to it applied on a {took['a']:.2f}s, on b {took['b']:.2f}s; held and "
+        f"commit {rollback.at - first:.2f}s (written by {writer}), to it applied on a {took['a']:.2f}s, on b "
+        f"{took['b']:.2f}s; held and "
         f"not promoted again for {AFTER + 2 * POLL + 1:g}s; v44 cleared the hold and was promoted "
         f"{fixed.at - bumped.at:.2f}s after kubectl patched its release",
     )

@@ -273,15 +273,16 @@ async def test_two_replicas_roll_a_failing_canary_back_once_and_hold_it_until_gi
     assert events == ["shift", "auto-rollback", "release", "shift"], events
     took = {name: at - first for name, at in rolled.items()}
     assert max(took.values()) <= WINDOW + 2, took
+    lag = {name: max(0.0, at - rollback.at) * 1000 for name, at in rolled.items()}  # log stamps are cut to the ms
     measured(
         capsys,
         f"two replicas, a canary at {CANARY}% of a green failing 30% under load through both "
         f"(ANALYSIS_WINDOW {WINDOW:g}s, MIN_REQUESTS {MIN_REQUESTS}): from the first failure to the rollback's "
-        f"commit {rollback.at - first:.2f}s (written by {writer}), to it applied on a {took['a']:.2f}s, on b "
-        f"{took['b']:.2f}s; 1 rollback in the commits, each history, the counters and the webhooks; the hold "
-        f"kept through 2 re-applies of the manifest (revision {rollback.revision} throughout); kubectl apply of a "
-        f"new release cleared it on a {cleared['a'] * 1000:.0f} ms and b {cleared['b'] * 1000:.0f} ms after "
-        "kubectl started",
+        f"commit {rollback.at - first:.2f}s (written by {writer}), applied by a {lag['a']:.0f} ms and b "
+        f"{lag['b']:.0f} ms after the commit; 1 rollback in the commits, each history, the counters and the "
+        f"webhooks; the hold kept through 2 re-applies of the manifest (revision {rollback.revision} "
+        f"throughout); kubectl apply of a new release cleared it on a {cleared['a'] * 1000:.0f} ms and b "
+        f"{cleared['b'] * 1000:.0f} ms after kubectl started",
     )
 
 
@@ -362,12 +363,13 @@ async def test_an_auto_promoted_release_failing_inside_the_watch_is_rolled_back_
     assert events == ["release", "auto-promote", "auto-rollback", "release", "auto-promote"], events
     took = {name: at - first for name, at in rolled.items()}
     assert max(took.values()) <= WINDOW + 2, took
+    lag = {name: max(0.0, at - rollback.at) * 1000 for name, at in rolled.items()}  # log stamps are cut to the ms
     measured(
         capsys,
         f"two replicas, AUTO_PROMOTE_AFTER {AFTER:g}s: v43 auto-promoted {promotion.at - released.at:.2f}s "
         f"after kubectl patched its release; it failed 30% inside the watch: from the first failure to the rollback's "
-        f"commit {rollback.at - first:.2f}s (written by {writer}), to it applied on a {took['a']:.2f}s, on b "
-        f"{took['b']:.2f}s; held and "
+        f"commit {rollback.at - first:.2f}s (written by {writer}), applied by a {lag['a']:.0f} ms and b "
+        f"{lag['b']:.0f} ms after the commit; held and "
         f"not promoted again for {AFTER + 2 * POLL + 1:g}s; v44 cleared the hold and was promoted "
         f"{fixed.at - bumped.at:.2f}s after kubectl patched its release",
     )

@@ -15,10 +15,9 @@ Figures are printed on lines starting with "measured:".
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,6 +147,25 @@ def applied(replica: Replica, revision: int) -> float:
     pytest.fail(f"replica {replica.name} did not log revision {revision}")
 
 
+def stays(http: aiohttp.ClientSession, *replicas: Replica, revision: int) -> Callable[[], Awaitable[bool]]:
+    """A check for `until`: every replica stays at `revision` (asserted at each look) until each has judged green on
+    a full sample (MIN_REQUESTS in its window) and then looked at its figures twice more."""
+    full: float | None = None
+
+    async def check() -> bool:
+        nonlocal full
+        sampled = True
+        for r in replicas:
+            state = await full_state(http, r)
+            assert (state["revision"], state["hold"]) == (revision, None), (r.name, state["reason"])
+            sampled = sampled and state["backends"]["green"]["requests"] >= MIN_REQUESTS
+        if full is None and sampled:
+            full = time.time()
+        return full is not None and time.time() > full + 2 * LOOK
+
+    return check
+
+
 async def one_rollback_each(http: aiohttp.ClientSession, rollback: Commit, *replicas: Replica) -> str:
     """Exactly one automatic rollback, written by one replica: in each history, the counters, the log lines. Returns
     the writer's name."""
@@ -253,17 +271,7 @@ async def test_two_replicas_roll_a_failing_canary_back_once_and_hold_it_until_gi
         await until(lambda: both(http, a, b, weight=CANARY, hold=False, release="v44"), "Git's weight on v44")
         shifted = time.time()
 
-        async def judged_healthy() -> bool:
-            for r in (a, b):
-                state = await full_state(http, r)
-                assert (state["source"], state["hold"]) == ("configmap", None), (r.name, state["reason"])
-                if state["backends"]["green"]["requests"] < MIN_REQUESTS:
-                    return False
-            return True
-
-        await until(judged_healthy, "both replicas judge v44 on a full sample")
-        await asyncio.sleep(2 * LOOK)  # bounded: two more looks at the figures, none of which may roll back
-        assert await judged_healthy()
+        await until(stays(http, a, b, revision=(await a.state(http))["revision"]), "v44 judged healthy on both")
     for r in (a, b):
         assert loads[r.name].errors == []
         assert any(x.color == "green" for x in loads[r.name].since(shifted)), r.name
@@ -347,10 +355,7 @@ async def test_an_auto_promoted_release_failing_inside_the_watch_is_rolled_back_
         bumped = next(c for c in commits.all if c.data.get("release") == "v44")
         fixed = await committed(commits, "auto", rollback.revision)
         await until(lambda: both(http, a, b, active="green", hold=False, release="v44"), "v44 promoted on both")
-        served = green.requests
-        await until(lambda: green.requests >= served + 2 * MIN_REQUESTS, "v44 serving the load through both")
-        await asyncio.sleep(2 * LOOK)  # bounded: two more looks at the figures, none of which may roll back
-    assert (await a.state(http))["revision"] == fixed.revision
+        await until(stays(http, a, b, revision=fixed.revision), "v44 judged healthy on both")
     for r in (a, b):
         assert loads[r.name].errors == []
         entries = [(e["event"], e["source"]) for e in await history(http, r, base)]

@@ -1,8 +1,10 @@
-"""The admin API (aiohttp): read the state, flip it, health, readiness, metrics, and its own OpenAPI document.
+"""The admin API (aiohttp): read the state, flip it, health, readiness, metrics, its own OpenAPI document, and the
+dashboard.
 
 `schemas` holds the bodies (pydantic), `body` reads them strictly, `middleware` turns errors into JSON and guards
 every mutating call, `routes` has the handlers and the route table, `openapi` generates the document from both.
-It listens on its own port, never behind the Ingress.
+`page` serves the dashboard's files (`dashboard/`) and `events` the stream it lives on. It listens on its own
+port, never behind the Ingress.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from ..release.live import LiveFigures
 from ..settings import Settings
 from ..state import StateHolder
 from .body import MAX_BODY
+from .events import HUB, EventHub
 from .keys import (
     AUTO_PROMOTE,
     CHECKS,
@@ -29,7 +32,7 @@ from .keys import (
 )
 from .middleware import guard, json_errors
 from .openapi import openapi_document
-from .routes import ROUTES, add_routes
+from .routes import ROUTES, add_routes, event_views
 
 __all__ = ["MAX_BODY", "build_admin_app", "openapi_document"]
 
@@ -54,5 +57,7 @@ def build_admin_app(
     app[CHECKS] = checks if checks is not None else PromoteChecks((), settings.upstreams())
     app[AUTO_PROMOTE] = auto_promote
     app[OPENAPI] = openapi_document(ROUTES)
+    hub = app[HUB] = EventHub(holder, event_views(app))
+    hub.attach(app)
     add_routes(app, ROUTES)
     return app

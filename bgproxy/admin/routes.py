@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -22,11 +22,14 @@ from ..core.model import Color, Health, InvalidPlan, RoutingError, State
 from ..log import log
 from ..metrics import CONTENT_TYPE
 from ..stores import StoreError
+from . import page
 from .body import read_body
+from .events import HUB, Views
 from .keys import AUTO_PROMOTE, CHECKS, HOLDER, LIVE, METRICS, OPENAPI, READY, SETTINGS
 from .middleware import Handler, error
 from .schemas import (
     BackendView,
+    ErrorBody,
     FlipBody,
     HistoryView,
     PromoteBody,
@@ -48,12 +51,11 @@ Body_contra = TypeVar("Body_contra", bound=RequestBody, contravariant=True)
 
 def answer(view: BaseModel, status: int = 200) -> web.Response:
     """A response model as JSON; fields a view leaves unset (a store's optional ones) stay absent."""
-    return web.json_response(view.model_dump(mode="json", by_alias=True, exclude_unset=True), status=status)
+    return web.json_response(dumped(view), status=status)
 
 
-def state_view(request: web.Request) -> StateView:
-    holder, settings, metrics = request.app[HOLDER], request.app[SETTINGS], request.app[METRICS]
-    live = request.app[LIVE]
+def state_view(app: web.Application) -> StateView:
+    holder, settings, metrics, live = app[HOLDER], app[SETTINGS], app[METRICS], app[LIVE]
     urls, figures = settings.upstreams(), live.figures()
     return StateView.model_validate(
         {
@@ -63,7 +65,7 @@ def state_view(request: web.Request) -> StateView:
                 c: backend_view(urls[c].url, metrics.healthy[c], figures[c], live.drained_since(c), kept=live.kept)
                 for c in Color
             },
-            "auto_promote": request.app[AUTO_PROMOTE](),
+            "auto_promote": app[AUTO_PROMOTE](),
         }
     )
 
@@ -84,11 +86,29 @@ def backend_view(url: str, healthy: bool, f: Figures, drained_since: float | Non
 
 
 async def get_state(request: web.Request) -> web.Response:
-    return answer(state_view(request))
+    return answer(state_view(request.app))
+
+
+def history_view(app: web.Application) -> HistoryView:
+    return HistoryView.model_validate({"history": list(app[HOLDER].history)})
 
 
 async def get_history(request: web.Request) -> web.Response:
-    return answer(HistoryView.model_validate({"history": list(request.app[HOLDER].history)}))
+    return answer(history_view(request.app))
+
+
+def dumped(view: BaseModel) -> dict[str, Any]:
+    """A response model as JSON data, as `answer` sends it."""
+    return view.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
+
+def event_views(app: web.Application) -> Views:
+    """What the dashboard's events carry: the answers of /state and /history."""
+    return Views(state=lambda: dumped(state_view(app)), history=lambda: dumped(history_view(app)))
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    return await request.app[HUB].stream(request)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -160,7 +180,7 @@ def mutation(model: type[Body], decide: Decide[Body], receives: Receiver[Body] |
             log(logger, "flip_noop", path=request.path, active=after.active.value)
         elif target is not None and body.force:
             log(logger, "promote_checks_skipped", level=logging.WARNING, path=request.path, color=target.value)
-        return answer(state_view(request))
+        return answer(state_view(request.app))
 
     return handler
 
@@ -229,7 +249,7 @@ class Route:
     path: str
     summary: str
     handler: Handler
-    response: type[BaseModel] | None  # the 200 answer; None: not a model (the metrics text, this document)
+    response: type[BaseModel] | None  # the 200 answer; None: not a model (the metrics text, this document, a page)
     body: type[RequestBody] | None = None
     media_type: str = "application/json"
     also: tuple[tuple[int, str, type[BaseModel]], ...] = ()  # other documented answers besides the usual errors
@@ -297,6 +317,41 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route("GET", "/metrics", "Prometheus text exposition", metrics, None, media_type="text/plain"),
     Route("GET", "/openapi.json", "This document", openapi, None),
+    Route(
+        "GET",
+        "/",
+        "The dashboard: a live page of the state, the figures and the history, and its buttons",
+        page.serve("index.html", "text/html"),
+        None,
+        media_type="text/html",
+    ),
+    Route(
+        "GET",
+        "/dashboard/app.js",
+        "The dashboard's script",
+        page.serve("app.js", "text/javascript"),
+        None,
+        media_type="text/javascript",
+    ),
+    Route(
+        "GET",
+        "/dashboard/style.css",
+        "The dashboard's style",
+        page.serve("style.css", "text/css"),
+        None,
+        media_type="text/css",
+    ),
+    Route(
+        "GET",
+        "/events",
+        "Server-Sent Events: `state` and `history` (the answers of /state and /history) at once on every change, "
+        "`figures` (the live figures, the store, an auto-promotion's wait) once a second, and on connecting the "
+        "`series` of the last minutes' figures; never ends until the replica stops",
+        events,
+        None,
+        media_type="text/event-stream",
+        also=((503, "too many streams open on this replica, or it is shutting down", ErrorBody),),
+    ),
 )
 
 

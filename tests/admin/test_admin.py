@@ -35,6 +35,10 @@ PATHS = {
     "/readyz",
     "/metrics",
     "/openapi.json",
+    "/",
+    "/dashboard/app.js",
+    "/dashboard/style.css",
+    "/events",
 }
 MUTATING = ("/switch", "/promote", "/rollback", "/shift", "/pause", "/resume", "/abort", "/release")
 TOKEN = "s3cret-admin-token"
@@ -314,7 +318,7 @@ async def test_401_comes_before_body_validation(start_proxy: StartProxy, session
 # --- 404, 405, 413 --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/nope", "/state/", "/switch/green", "/"])
+@pytest.mark.parametrize("path", ["/nope", "/state/", "/switch/green", "/dashboard/", "/dashboard/nope.js"])
 async def test_unknown_path_is_404_json(proxy: Bgproxy, session: aiohttp.ClientSession, path: str) -> None:
     status, body, _ = await call(session, proxy, "GET", path)
     assert status == 404

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import FrameType
 
 from . import connections, deps, flip, instructions, origin, procstat, report, stream, systems, throughput
-from .harness import REPO_ROOT, BenchError, Harness
+from .harness import REPO_ROOT, BenchError, Harness, source_tree
 from .status import Status, Statuses
 from .wrk import write_scripts
 
@@ -53,7 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--only",
         help=f"systems to run, of {','.join(systems.ORDER)} (default {','.join(systems.DEFAULT)}; "
-        "bgproxy,bgproxy-noanalysis: what the live figures cost)",
+        "bgproxy,bgproxy-noanalysis: what the live figures cost; bgproxy,bgproxy-weight50: what a 50/50 split "
+        "costs; bgproxy,bgproxy-rev --rev REV: this checkout against another commit)",
     )
     p.add_argument(
         "--require",
@@ -84,8 +85,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.requests = a.requests or (1000 if quick else 10000)
     a.warmup_requests = a.warmup_requests or (300 if quick else 3000)
     a.paths = a.paths or ("small,ingress" if counting else "small,16k")
-    if (a.rev or a.tree) and not counting:
-        p.error("--rev and --tree are for the instructions mode")
+    if (a.rev or a.tree) and a.mode not in ("instructions", "throughput"):
+        p.error("--rev and --tree are for the instructions and throughput modes")
     a.duration = a.duration or (1 if quick else 10)
     a.warmup = a.warmup if a.warmup is not None else (0 if quick else 2)
     a.stream_mib = a.stream_mib or (64 if quick else 1024)
@@ -93,6 +94,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.probes = a.probes or (200 if quick else 2000)
     a.selected = _names(a.only, p) if a.only else list(systems.DEFAULT)
     a.required = _names(a.require, p) if a.require else []
+    if (a.rev or a.tree) and not counting and "bgproxy-rev" not in a.selected:
+        p.error("--rev/--tree in throughput mode measure the bgproxy-rev system: name it with --only")
     if not set(a.required) <= set(a.selected):
         p.error("--require names a system that --only leaves out")
     try:
@@ -206,6 +209,9 @@ def run_connections(a: argparse.Namespace) -> int:
     try:
         with Harness(workdir, sut_cpu, load_cpu) as h:
             meta = _meta(a, h, tools)
+            if "bgproxy-rev" in a.selected and (a.rev or a.tree):
+                h.other_tree = source_tree(a.rev, a.tree, workdir)
+                meta["bgproxy_rev"] = a.rev or str(a.tree)
             org = origin.start_origin(h, tools["nginx"], 1 << 20)
             result = connections.run(h, org, idle=a.idle, probes=a.probes, batch=500, quiet=1.0 if a.quick else 5.0)
     finally:
@@ -261,6 +267,9 @@ def run(a: argparse.Namespace) -> int:
     try:
         with Harness(workdir, sut_cpu, load_cpu) as h:
             meta = _meta(a, h, tools)
+            if "bgproxy-rev" in a.selected and (a.rev or a.tree):
+                h.other_tree = source_tree(a.rev, a.tree, workdir)
+                meta["bgproxy_rev"] = a.rev or str(a.tree)
             meta["machine_busy_before_pct"] = round(busy_before, 1)
             scripts = write_scripts(workdir)
             org = origin.start_origin(h, tools["nginx"], a.stream_mib * 1024 * 1024)

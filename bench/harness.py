@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import signal
 import socket
 import subprocess
+import sys
+import tarfile
 import time
 import urllib.error
 import urllib.request
@@ -73,6 +76,7 @@ class Harness:
         self.workdir = workdir
         self.sut_cpu = sut_cpu
         self.load_cpu = load_cpu
+        self.other_tree: Path | None = None  # the bgproxy-rev system's source (--rev/--tree), when asked for
         self._procs: list[Proc] = []
 
     def __enter__(self) -> Harness:
@@ -153,6 +157,18 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
+def post_json(url: str, body: dict[str, object], timeout: float = 5.0) -> bytes:
+    """POST a JSON body; anything but 200 is a BenchError with the server's answer."""
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return bytes(resp.read())
+    except urllib.error.HTTPError as exc:
+        raise BenchError(f"POST {url} answered {exc.code}: {exc.read()[:300]!r}") from None
+
+
 def wait_http(url: str, timeout: float, proc: Proc | None = None) -> bytes:
     """Poll until GET url answers 200; return the body."""
     deadline = time.monotonic() + timeout
@@ -169,3 +185,41 @@ def wait_http(url: str, timeout: float, proc: Proc | None = None) -> bytes:
             last = str(exc)
         time.sleep(0.1)
     raise BenchError(f"GET {url} did not answer 200 within {timeout:.0f}s ({last})")
+
+
+def source_tree(rev: str | None, tree: Path | None, workdir: Path) -> Path:
+    """The directory whose bgproxy/ is measured: this repository, a checkout, or a commit exported to workdir."""
+    if tree is not None:
+        if not (tree / "bgproxy" / "__main__.py").is_file():
+            raise BenchError(f"{tree} holds no bgproxy package (no bgproxy/__main__.py)")
+        return tree.resolve()
+    if rev is None:
+        return REPO_ROOT
+    archive, dest = workdir / "tree.tar", workdir / "tree"
+    done = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "archive", "--format=tar", "-o", str(archive), rev, "bgproxy"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise BenchError(f"git archive {rev} failed: {done.stderr.strip()}")
+    with tarfile.open(archive) as tar:
+        tar.extractall(dest, filter="data")
+    return dest
+
+
+def imported_from(tree: Path, env: dict[str, str]) -> str:
+    """Where bgproxy run from `tree` is really imported from (an editable install elsewhere must not win)."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import bgproxy; print(bgproxy.__file__)"],
+        cwd=tree,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    where = done.stdout.strip()
+    if done.returncode != 0 or not Path(where).resolve().is_relative_to(tree.resolve()):
+        raise BenchError(f"bgproxy run from {tree} imports {where or done.stderr.strip()!r}, not that tree")
+    return where

@@ -18,11 +18,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import os
 import statistics
 import subprocess
 import sys
-import tarfile
 import time
 import urllib.request
 from collections.abc import Sequence
@@ -30,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import origin, report, systems
-from .harness import REPO_ROOT, BenchError, Harness, Proc, free_ports, wait_http, wait_tcp
+from .harness import REPO_ROOT, BenchError, Harness, Proc, free_ports, imported_from, source_tree, wait_http, wait_tcp
 from .wrk import INGRESS_HEADERS, run_wrk, write_stop_after_script
 
 START_TIMEOUT = 300.0  # python under valgrind imports slowly, more so on a busy machine
@@ -64,28 +62,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tree", type=Path, help="measure the bgproxy package of this checkout instead")
 
 
-def source_tree(rev: str | None, tree: Path | None, workdir: Path) -> Path:
-    """The directory whose bgproxy/ is measured: this repository, a checkout, or a commit exported to workdir."""
-    if tree is not None:
-        if not (tree / "bgproxy" / "__main__.py").is_file():
-            raise BenchError(f"{tree} holds no bgproxy package (no bgproxy/__main__.py)")
-        return tree.resolve()
-    if rev is None:
-        return REPO_ROOT
-    archive, dest = workdir / "tree.tar", workdir / "tree"
-    done = subprocess.run(
-        ["git", "-C", str(REPO_ROOT), "archive", "--format=tar", "-o", str(archive), rev, "bgproxy"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise BenchError(f"git archive {rev} failed: {done.stderr.strip()}")
-    with tarfile.open(archive) as tar:
-        tar.extractall(dest, filter="data")
-    return dest
-
-
 def _describe(tree: Path, rev: str | None) -> str:
     """The commit measured, marked `+changes` when bgproxy/ differs from it (other files do not count)."""
     where = ["git", "-C", str(REPO_ROOT if rev else tree)]
@@ -100,22 +76,6 @@ def _describe(tree: Path, rev: str | None) -> str:
         if changed.stdout.strip():
             commit += "+changes"
     return commit
-
-
-def _imported_from(tree: Path, env: dict[str, str]) -> str:
-    """Where bgproxy run from `tree` is really imported from (an editable install elsewhere must not win)."""
-    done = subprocess.run(
-        [sys.executable, "-c", "import bgproxy; print(bgproxy.__file__)"],
-        cwd=tree,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    where = done.stdout.strip()
-    if done.returncode != 0 or not Path(where).resolve().is_relative_to(tree.resolve()):
-        raise BenchError(f"bgproxy run from {tree} imports {where or done.stderr.strip()!r}, not that tree")
-    return where
 
 
 def answered(admin_url: str) -> int | None:
@@ -212,7 +172,7 @@ def measure(a: argparse.Namespace, h: Harness, tools: dict[str, str], tree: Path
     port, admin = free_ports(2)
     argv, env = systems.bgproxy_command(org, port, admin)
     env = {**env, "PYTHONHASHSEED": HASH_SEED, "PYTHONPATH": str(tree)}
-    print(f"bench: counting the instructions of {_imported_from(tree, env)}", file=sys.stderr)
+    print(f"bench: counting the instructions of {imported_from(tree, env)}", file=sys.stderr)
     valgrind = [tools["valgrind"], "--tool=callgrind", "--instr-atstart=no"]
     valgrind.append(f"--callgrind-out-file={h.workdir}/callgrind.out.%p")
     proc = h.spawn("bgproxy-callgrind", [*valgrind, *argv], cpu=h.sut_cpu, env=env, cwd=tree)

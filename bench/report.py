@@ -240,6 +240,13 @@ def targets(
                 f"the throughput ({r.rps:.0f} rps against {off.rps:.0f} without; target < "
                 f"{TARGET_FIGURES_COST:.0%}), CPU {r.cpu_us_per_req:.1f} against {off.cpu_us_per_req:.1f} µs/req"
             )
+        for other, what in (("bgproxy-weight50", "a 50/50 split"), ("bgproxy-rev", "the other commit")):
+            o = next((o for o in rows if o.system == other and o.path == r.path), None)
+            if r.system == "bgproxy" and o is not None and r.rps:
+                out.append(
+                    f"INFO {r.path}: {what} runs at {o.rps / r.rps:.2f}x bgproxy's rps ({o.rps:.0f} against "
+                    f"{r.rps:.0f}), CPU {o.cpu_us_per_req:.1f} against {r.cpu_us_per_req:.1f} µs/req"
+                )
     for t in transfers:
         if t.system == "bgproxy":
             ok = t.rss_growth_mib < TARGET_RSS_GROWTH_MIB

@@ -9,15 +9,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import procstat
-from .harness import REPO_ROOT, BenchError, Harness, Proc, free_ports, wait_http, wait_tcp
+from .harness import REPO_ROOT, BenchError, Harness, Proc, free_ports, imported_from, post_json, wait_http, wait_tcp
 from .origin import BODY_16K, SMALL_BODY, Origin, nginx_common, start_nginx
 
-ORDER = ("direct", "nginx", "haproxy", "aiohttp", "bgproxy", "bgproxy-noanalysis")
-# bgproxy-noanalysis (ANALYSIS_ENABLED=false: no live figures kept) runs only when named with --only: beside bgproxy,
-# interleaved in one run, it measures what the live figures cost.
-DEFAULT = ORDER[:-1]
+ORDER = ("direct", "nginx", "haproxy", "aiohttp", "bgproxy", "bgproxy-noanalysis", "bgproxy-weight50", "bgproxy-rev")
+# The variants of bgproxy run only when named with --only, each beside bgproxy, interleaved in one run:
+# bgproxy-noanalysis (ANALYSIS_ENABLED=false: no live figures kept) measures what the live figures cost;
+# bgproxy-weight50 (half of the traffic to the standby by sticky bucket) what a split costs;
+# bgproxy-rev the bgproxy of another commit or checkout (--rev/--tree): before against after.
+VARIANTS = ("bgproxy-noanalysis", "bgproxy-weight50", "bgproxy-rev")
+DEFAULT = tuple(n for n in ORDER if n not in VARIANTS)
 BASELINE = "nginx"
-OPTIONAL_BY_DEFAULT = frozenset({"bgproxy", "bgproxy-noanalysis"})
+OPTIONAL_BY_DEFAULT = frozenset({"bgproxy", *VARIANTS})
 START_TIMEOUT = 20.0
 
 
@@ -160,16 +163,26 @@ def bgproxy_command(
 
 
 def start_bgproxy(
-    h: Harness, origin: Origin, variant: str = "bench", *, env: dict[str, str] | None = None, name: str = "bgproxy"
+    h: Harness,
+    origin: Origin,
+    variant: str = "bench",
+    *,
+    env: dict[str, str] | None = None,
+    name: str = "bgproxy",
+    tree: Path | None = None,
 ) -> Running:
-    """`python -m bgproxy serve` on the SUT core as `variant` says; `env` adds BGPROXY_* settings."""
+    """`python -m bgproxy serve` on the SUT core as `variant` says; `env` adds BGPROXY_* settings; `tree` runs the
+    bgproxy package of that directory instead of this checkout's."""
     reason = bgproxy_importable()
     if reason:
         raise BenchError(reason)
     port, admin = free_ports(2)
     argv, settings = bgproxy_command(origin, port, admin, variant=variant, workdir=h.workdir)
     settings.update(env or {})
-    proc = h.spawn(name if variant == "bench" else f"{name}-{variant}", argv, cpu=h.sut_cpu, env=settings)
+    if tree is not None:
+        settings["PYTHONPATH"] = str(tree)
+    label = name if variant == "bench" else f"{name}-{variant}"
+    proc = h.spawn(label, argv, cpu=h.sut_cpu, env=settings, cwd=tree)
     wait_tcp(port, START_TIMEOUT, proc)
     wait_http(f"http://127.0.0.1:{admin}/readyz", START_TIMEOUT, proc)
     return Running(name, f"http://127.0.0.1:{port}", proc, admin_url=f"http://127.0.0.1:{admin}", variant=variant)
@@ -192,6 +205,21 @@ def _bgproxy_noanalysis(h: Harness, origin: Origin, tools: dict[str, str]) -> Ru
     return start_bgproxy(h, origin, env={"BGPROXY_ANALYSIS_ENABLED": "false"}, name="bgproxy-noanalysis")
 
 
+def _bgproxy_weight50(h: Harness, origin: Origin, tools: dict[str, str]) -> Running:
+    running = start_bgproxy(h, origin, name="bgproxy-weight50")
+    assert running.admin_url is not None
+    # force: the health gate may not have probed green yet; both colours are the same origin anyway
+    post_json(running.admin_url + "/shift", {"weight": 50, "reason": "bench: a 50/50 split", "force": True})
+    return running
+
+
+def _bgproxy_rev(h: Harness, origin: Origin, tools: dict[str, str]) -> Running:
+    if h.other_tree is None:
+        raise BenchError("bgproxy-rev needs --rev REV or --tree DIR")
+    imported_from(h.other_tree, {"PYTHONPATH": str(h.other_tree)})  # an editable install elsewhere must not win
+    return start_bgproxy(h, origin, name="bgproxy-rev", tree=h.other_tree)
+
+
 def _direct(h: Harness, origin: Origin, tools: dict[str, str]) -> Running:
     return Running("direct", origin.url, origin.proc)
 
@@ -203,6 +231,8 @@ STARTERS: dict[str, Callable[[Harness, Origin, dict[str, str]], Running]] = {
     "aiohttp": _aiohttp,
     "bgproxy": _bgproxy,
     "bgproxy-noanalysis": _bgproxy_noanalysis,
+    "bgproxy-weight50": _bgproxy_weight50,
+    "bgproxy-rev": _bgproxy_rev,
 }
 
 TOOLS_NEEDED = {"nginx": {"nginx"}, "haproxy": {"haproxy"}}

@@ -16,6 +16,7 @@ import signal
 from aiohttp import web
 
 from .admin import build_admin_app
+from .core.addresses import Address
 from .core.analysis import Thresholds
 from .dataplane import ProxyServer
 from .health import HealthChecker
@@ -27,7 +28,7 @@ from .release.auto_promote import AutoPromoter
 from .release.checks import PromoteChecks
 from .release.live import LiveFigures
 from .release.steps import StepTimer
-from .settings import ENV_PREFIX, Address, Settings
+from .settings import ENV_PREFIX, Settings
 from .state import StateHolder
 from .stores import open_store
 

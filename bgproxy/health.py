@@ -13,10 +13,11 @@ import logging
 
 import aiohttp
 
+from .core.addresses import Upstream
 from .core.model import Color
 from .log import log
 from .metrics import Metrics
-from .settings import Settings, Upstream
+from .settings import Settings
 
 logger = logging.getLogger("bgproxy.health")
 

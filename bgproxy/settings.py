@@ -6,15 +6,23 @@ variable and the form it expects; the CLI prints it and exits 2 before anything 
 
 from __future__ import annotations
 
-import ipaddress
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
-from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .core.addresses import (
+    Address,
+    Upstream,
+    parse_address,
+    parse_admin_url,
+    parse_networks,
+    parse_upstream,
+    parse_urls,
+)
 from .core.checks import TOKEN, PromoteCheck, parse_checks
 from .core.model import Color, InvalidPlan, check_steps
 from .core.preview import IPNetwork, PreviewPolicy
@@ -25,100 +33,6 @@ SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/
 
 class SettingsError(Exception):
     """A configuration problem, worded for the operator who set the variable."""
-
-
-class Address(NamedTuple):
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-    @property
-    def is_loopback(self) -> bool:
-        return is_loopback_host(self.host)
-
-
-def is_loopback_host(host: str | None) -> bool:
-    """Whether a host name or address can only mean this machine (127.0.0.0/8, ::1, localhost)."""
-    if not host:
-        return False
-    host = host.rstrip(".").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-class Upstream(NamedTuple):
-    """A colour's base URL, split once so the data plane never parses it again."""
-
-    url: str
-    scheme: str
-    host: str
-    port: int
-
-    @property
-    def host_header(self) -> str:
-        default = 443 if self.scheme == "https" else 80
-        return self.host if self.port == default else f"{self.host}:{self.port}"
-
-
-def _address(value: object) -> Address:
-    if isinstance(value, Address):
-        return value
-    text = str(value).strip()
-    m = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d{1,5})|([^:\[\]\s]+):(\d{1,5})", text)
-    if not m:
-        raise ValueError(f"expected HOST:PORT such as 0.0.0.0:8080, got {text!r}")
-    host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
-    if not 0 <= int(port) <= 65535:
-        raise ValueError(f"port must be 0-65535, got {port}")
-    return Address(host, int(port))
-
-
-def _upstream(value: object) -> Upstream:
-    if isinstance(value, Upstream):
-        return value
-    text = str(value).strip()
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"expected an http:// or https:// URL such as http://app-blue:8080, got {text!r}")
-    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-        raise ValueError(f"expected a base URL without path, query or credentials, got {text!r}")
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        raise ValueError(f"port must be 1-65535 in {text!r}") from None
-    if port == 0:
-        raise ValueError(f"port must be 1-65535 in {text!r}")
-    return Upstream(url=f"{parts.scheme}://{parts.netloc}", scheme=parts.scheme, host=parts.hostname, port=port)
-
-
-def _admin_url(value: str) -> str:
-    parts = urlsplit(value.strip())
-    try:
-        parts.port  # noqa: B018 - raises on a port out of range or not a number
-    except ValueError:
-        raise ValueError(f"expected a port 1-65535 in the URL, got {value!r}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"expected an http:// or https:// URL such as http://127.0.0.1:9090, got {value!r}")
-    return value.strip()
-
-
-def _networks(value: str) -> tuple[IPNetwork, ...]:
-    nets = []
-    for part in value.split(","):
-        if part.strip():
-            try:
-                nets.append(ipaddress.ip_network(part.strip(), strict=False))
-            except ValueError:
-                raise ValueError(
-                    f"expected comma-separated networks such as 10.0.0.0/8,192.168.1.7, got {part!r}"
-                ) from None
-    return tuple(nets)
 
 
 def _header_name(value: str) -> str:
@@ -147,19 +61,6 @@ def _steps_setting(value: str) -> tuple[int, ...] | str | None:
         raise ValueError(f"auto_promote_steps: expected rising weights such as 10,50,100 ({exc})") from None
 
 
-def _urls(value: str) -> tuple[str, ...]:
-    urls = []
-    for part in value.split(","):
-        url = part.strip()
-        if not url:
-            continue
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"expected comma-separated http:// or https:// URLs, got {url!r}")
-        urls.append(url)
-    return tuple(urls)
-
-
 def _secret_file(path: Path, field: str) -> SecretStr:
     """A secret from a file (a mounted Secret), stripped; an unreadable or empty file is an error naming the field."""
     try:
@@ -180,7 +81,7 @@ def _checks_file(path: Path) -> tuple[PromoteCheck, ...]:
         raise ValueError(f"promote_checks_file: {path}: {exc}") from None
 
 
-AddressField = Annotated[Address, AfterValidator(_address)]
+AddressField = Annotated[Address, AfterValidator(parse_address)]
 Seconds = Annotated[float, Field(gt=0, le=86400)]
 
 
@@ -204,7 +105,7 @@ class Settings(BaseSettings):
     """Bearer token for mutating admin calls; required when the admin address is not loopback."""
     admin_token_file: Path | None = None
     """Read the token from this file (a mounted Secret) instead."""
-    admin_url: Annotated[str, AfterValidator(_admin_url)] = "http://127.0.0.1:9090"
+    admin_url: Annotated[str, AfterValidator(parse_admin_url)] = "http://127.0.0.1:9090"
     """Where the `status/switch/promote/rollback` commands find the admin API."""
     initial_active: Color = Color.BLUE
     """Active colour when the store holds no state yet."""
@@ -300,10 +201,10 @@ class Settings(BaseSettings):
         # Addresses and URLs arrive as strings from env and flags; parse them here so errors carry the field.
         if isinstance(data, dict):
             for key, parse in (
-                ("listen", _address),
-                ("admin_listen", _address),
-                ("blue_url", _upstream),
-                ("green_url", _upstream),
+                ("listen", parse_address),
+                ("admin_listen", parse_address),
+                ("blue_url", parse_upstream),
+                ("green_url", parse_upstream),
             ):
                 if isinstance(data.get(key), str):
                     try:
@@ -314,7 +215,7 @@ class Settings(BaseSettings):
                 data["initial_active"] = data["initial_active"].strip().lower()  # as the admin API accepts
             if isinstance(data.get("preview_allow"), str):
                 try:
-                    data["preview_allow"] = _networks(data["preview_allow"])
+                    data["preview_allow"] = parse_networks(data["preview_allow"])
                 except ValueError as exc:
                     raise ValueError(f"preview_allow: {exc}") from None
             if isinstance(data.get("auto_promote_steps"), str):
@@ -326,7 +227,7 @@ class Settings(BaseSettings):
                     raise ValueError(f"promote_checks: {exc}") from None
             if isinstance(data.get("webhook_urls"), str):
                 try:
-                    data["webhook_urls"] = _urls(data["webhook_urls"])
+                    data["webhook_urls"] = parse_urls(data["webhook_urls"])
                 except ValueError as exc:
                     raise ValueError(f"webhook_urls: {exc}") from None
             for key in (
@@ -391,6 +292,20 @@ class Settings(BaseSettings):
             )
         assert self.blue_url is not None and self.green_url is not None
         return {Color.BLUE: self.blue_url, Color.GREEN: self.green_url}
+
+
+class Terminal(NamedTuple):
+    """How the CLI may draw on its output."""
+
+    colours: bool  # ANSI colours
+    redraw: bool  # clear the screen and draw again in place (`status --watch`)
+
+
+def terminal(isatty: bool) -> Terminal:
+    """Escape codes only for a terminal; NO_COLOR (https://no-color.org: set and not empty) turns colours off, and
+    TERM=dumb (a terminal that understands no escape codes, such as an editor's shell buffer) both."""
+    dumb = os.environ.get("TERM") == "dumb"
+    return Terminal(colours=isatty and not dumb and not os.environ.get("NO_COLOR"), redraw=isatty and not dumb)
 
 
 def load_settings(**overrides: Any) -> Settings:

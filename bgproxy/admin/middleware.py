@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from yarl import URL
 
+from ..core.addresses import is_loopback_host
 from ..log import log
-from ..settings import is_loopback_host
 from .body import MAX_BODY, BadBody
 from .keys import SETTINGS
 

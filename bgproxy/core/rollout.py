@@ -21,7 +21,7 @@ AUTO = "auto"  # the source of an auto-promotion (instant, or the start of its s
 def start(
     state: State,
     steps: Sequence[int],
-    interval: float,
+    interval: object,
     *,
     source: str,
     reason: str,
@@ -29,7 +29,10 @@ def start(
     healthy: Health | None = None,
     force: bool = False,
 ) -> State:
-    """Begin a stepped promotion at its first step. One runs at a time: abort it (or shift) to start another."""
+    """Begin a stepped promotion at its first step. One runs at a time: abort it (or shift) to start another.
+
+    `interval` is checked here (an object, so that a compiled build refuses `True` just as pure Python does, instead
+    of converting it at the call)."""
     plan = check_steps(list(steps))
     seconds = check_interval(interval)
     if state.rollout is not None:

@@ -132,7 +132,7 @@ def rollback(
 
 def shift(
     state: State,
-    weight: int,
+    weight: object,
     *,
     source: str,
     reason: str,
@@ -140,7 +140,10 @@ def shift(
     healthy: Health | None = None,
     force: bool = False,
 ) -> State:
-    """Send `weight` percent of ordinary traffic to the standby colour. A manual shift ends a stepped promotion."""
+    """Send `weight` percent of ordinary traffic to the standby colour. A manual shift ends a stepped promotion.
+
+    `weight` is checked here (an object, so that a compiled build refuses `True` or `20.5` just as pure Python does,
+    instead of converting it at the call)."""
     weight = check_weight(weight)
     if weight == state.weight and state.rollout is None and state.hold is None:
         return state

@@ -9,9 +9,9 @@ import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ..core.addresses import Upstream
 from ..core.model import Color
 from ..metrics import ColorStats
-from ..settings import Upstream
 from .upstream import UpstreamConnection
 
 if TYPE_CHECKING:

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from ..core.model import Color
 from ..log import log
@@ -80,8 +81,11 @@ class ProxyServer:
 
     @property
     def port(self) -> int:
-        assert self._server is not None
-        port: int = self._server.sockets[0].getsockname()[1]
+        # Read untyped: uvloop's Server.sockets is a list where typeshed says tuple, and a compiled build checks the
+        # declared type of what it reads.
+        server: Any = self._server
+        assert server is not None
+        port: int = server.sockets[0].getsockname()[1]
         return port
 
     # -- the connections ------------------------------------------------------------------------------------

@@ -11,10 +11,10 @@ from collections.abc import Mapping, Sequence
 
 import aiohttp
 
+from ..core.addresses import Upstream
 from ..core.checks import ChecksFailed, PromoteCheck
 from ..core.model import Color
 from ..log import log
-from ..settings import Upstream
 
 logger = logging.getLogger("bgproxy.release")
 BODY_LIMIT = 64 * 1024  # bytes of an answer a body pattern is matched against

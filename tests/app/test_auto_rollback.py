@@ -1,6 +1,6 @@
 """The automatic rollback, end to end: a real bgproxy under a steady load of real clients, in front of upstreams
-that start failing (500s, a slow p99, refused connections) after a shift or a promote; and the cases that must not
-roll back (a healthy colour, too few requests, a promote whose watch is over).
+that start failing (500s, a slow p99, refused connections) after a shift, a stepped promotion or a promote; and the
+cases that must not roll back (a healthy colour, too few requests, a promote whose watch is over).
 
 Figures (run with -s, lines starting with "measured:"): the time from the first failure to the rollback, and to
 the last request that still went to the failing colour.
@@ -126,6 +126,30 @@ async def test_a_green_failing_30_percent_is_taken_off_traffic_within_the_window
     assert (state["active"], state["weight"], state["rollout"]) == ("blue", 0, None)
     assert "5xx share" in state["reason"] and "ANALYSIS_MAX_ERROR_RATE 5.0%" in state["reason"]
     assert state["hold"]["active"] == "blue" and state["hold"]["weight"] == 50
+    assert load.errors == []
+
+
+@pytest.mark.slow
+async def test_a_green_failing_during_a_stepped_promotion_goes_back_to_weight_0_and_takes_no_further_step(
+    start_proxy: StartProxy, capsys: pytest.CaptureFixture[str]
+) -> None:
+    green = Faults(delay=BASE_DELAY, fail_per_10=3)
+    interval = round(WINDOW + 3)  # seconds each step holds: longer than the rollback may take (asserted)
+    async with serving(faulty_app("blue", Faults(delay=BASE_DELAY))) as b, serving(faulty_app("green", green)) as g:
+        app = await start_proxy(blue_url=b, green_url=g, **ANALYSIS)
+        async with Load(app, clients=10) as load:
+            await until(lambda: _true(len(load.answers) >= 50), "the load running on blue")
+            started = await call(app, "POST", "/promote", {"steps": [20, 50, 100], "interval": interval})
+            state = await rolled_back(
+                app, load, lambda: green.first_failure, kind="error_rate", capsys=capsys, case="a stepped promotion"
+            )
+            assert state["revision"] == started["revision"] + 1, "a step was taken before the rollback"
+            # Past the moment the next step would have been due: none is taken, traffic stays on blue.
+            await until(lambda: _true(time.time() > started["updated_at"] + interval + 2 * INTERVAL), "the step due")
+            after = await call(app, "GET", "/state")
+    assert (state["active"], state["weight"], state["rollout"]) == ("blue", 0, None)
+    assert state["hold"]["active"] == "blue" and state["hold"]["weight"] == 20
+    assert (after["revision"], after["weight"], after["rollout"]) == (state["revision"], 0, None)
     assert load.errors == []
 
 

@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import pty
 import re
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from bgproxy import cli
+from bgproxy import cli, cli_status
 from bgproxy.app import Bgproxy
 from tests.support.health import HealthApp
 from tests.support.processes import PROC_TIMEOUT, ServeProcess, clean_env
-from tests.support.servers import TIMEOUT, StartProxy, free_port
+from tests.support.servers import TIMEOUT, StartProxy, Upstream, free_port
 
 TOKEN = "cli-test-token-9d2e"
 
@@ -62,10 +65,11 @@ async def served_by(app: Bgproxy) -> str:
 # --- status / switch / promote / rollback (in-process main, real HTTP) ----------------------------------------------
 
 
-async def test_status_prints_the_state(proxy: Bgproxy, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = await run_cli(capsys, "status", "--admin-url", admin_url(proxy))
+async def test_status_json_prints_the_state_as_before(proxy: Bgproxy, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = await run_cli(capsys, "status", "--json", "--admin-url", admin_url(proxy))
     assert (code, err) == (0, "")
-    assert json.loads(out) == await state_of(proxy)
+    state = await state_of(proxy)  # no traffic: the live figures hold still between the two reads
+    assert out == json.dumps(state, indent=2) + "\n"  # byte for byte what `status` printed before the summary
 
 
 async def test_switch_promote_rollback(proxy: Bgproxy, capsys: pytest.CaptureFixture[str]) -> None:
@@ -154,7 +158,7 @@ async def test_token(
 
     # status needs no token
     monkeypatch.delenv("BGPROXY_ADMIN_TOKEN")
-    code, out, _ = await run_cli(capsys, "status", "--admin-url", url)
+    code, out, _ = await run_cli(capsys, "status", "--json", "--admin-url", url)
     assert code == 0 and json.loads(out)["revision"] == 2
     assert TOKEN not in capsys.readouterr().err
 
@@ -163,7 +167,7 @@ async def test_unreachable_admin_api_exits_2(capsys: pytest.CaptureFixture[str])
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     code, out, err = await run_cli(capsys, "status", "--admin-url", url)
     assert (code, out) == (2, "")  # nothing was done: 2, as for a bad setting (1 is the API refusing the call)
-    assert f"cannot reach the admin API at {url}" in err
+    assert err.startswith(f"bgproxy: cannot reach the admin API at {url}") and err.count("\n") == 1  # one line
 
 
 async def test_the_real_process(proxy: Bgproxy, tmp_path: Path) -> None:
@@ -195,6 +199,213 @@ async def test_the_real_process(proxy: Bgproxy, tmp_path: Path) -> None:
     assert bad[:2] == (1, "") and "unknown colour 'red'" in bad[2]
     assert unreachable[:2] == (2, "") and "cannot reach the admin API" in unreachable[2]
     assert await served_by(proxy) == "green"
+
+
+# --- status: the summary, --json, --watch --------------------------------------------------------------------------
+
+FOOTER = "REQ/S, 5XX and P99: this replica, over its analysis window"  # the last line of a summary
+
+
+async def test_status_prints_a_summary_of_the_live_state(proxy: Bgproxy, capsys: pytest.CaptureFixture[str]) -> None:
+    url = ("--admin-url", admin_url(proxy))
+    for _ in range(5):
+        assert await served_by(proxy) == "blue"
+    code, _, _ = await run_cli(
+        capsys, "promote", "--steps", "10,50", "--interval", "60", "--reason", "v43 canary", *url
+    )
+    assert code == 0
+
+    code, out, err = await run_cli(capsys, "status", *url)
+    assert (code, err) == (0, "")
+    assert "\x1b" not in out  # not a terminal: no colours
+    lines = out.splitlines()
+    assert lines[:4] == [
+        "Active        blue (standby: green)",
+        "Traffic       blue 90%, green 10%",
+        "Promotion     step 1 of 2: [10%] -> 50%",
+        lines[3],
+    ]
+    assert re.fullmatch(r" {14}next: 50% in (59|60)s \(\d\d:\d\d:\d\d UTC\)", lines[3]), lines[3]
+    assert re.fullmatch(
+        r"Last change   revision 1 by admin, [0-9]s ago \(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\)", lines[5]
+    )
+    assert lines[6] == '              "v43 canary"'
+    blue = next(line for line in lines if line.startswith("blue "))
+    figures = re.fullmatch(r"blue +active +90% +healthy +0 +(\d+\.\d) +0\.0% +[\d.]+ms +-", blue)
+    assert figures is not None and float(figures[1]) > 0, blue  # the five requests just served
+    assert re.fullmatch(r"green +standby +10% +healthy +0 +0\.0 +- +- +-", lines[-2]), lines[-2]
+    assert lines[-1] == FOOTER
+
+
+async def test_status_of_something_else_than_bgproxy_exits_2(
+    upstreams: dict[str, Upstream], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An admin URL that answers JSON, but not bgproxy's /state: one line that says so, and --json to see it."""
+    upstreams["blue"].answers["state"] = (200, '{"status": "ok"}', 0.0)
+    url = f"{upstreams['blue'].url}/ctl"  # its /ctl/state answers what the test set
+    code, out, err = await run_cli(capsys, "status", "--admin-url", url)
+    assert (code, out) == (2, "")
+    assert err == (
+        f"bgproxy: {url} answered /state with something bgproxy status cannot read (another program, or an "
+        "incompatible bgproxy); bgproxy status --json prints it\n"
+    )
+    code, out, err = await run_cli(capsys, "status", "--json", "--admin-url", url)
+    assert (code, json.loads(out), err) == (0, {"status": "ok"}, "")
+    # --watch ends the same way: trying again cannot help
+    code, out, err = await run_cli(capsys, "status", "--watch", "--admin-url", url)
+    assert (code, err.count("\n")) == (2, 1) and "cannot read" in err
+
+
+class Watch:
+    """`python -m bgproxy status --watch ...` as its own process, its output read as it comes: through a pipe, or
+    through a pseudo-terminal (`tty=True`) as an operator's terminal shows it."""
+
+    def __init__(self, tmp_path: Path, *argv: str, tty: bool = False, **env: str) -> None:
+        self.tmp_path, self.argv, self.tty, self.env = tmp_path, argv, tty, env
+        self.out = ""
+        self.proc: asyncio.subprocess.Process | None = None
+        self.stderr_path = tmp_path / f"watch-stderr-{time.monotonic_ns()}.txt"
+
+    async def __aenter__(self) -> Watch:
+        loop = asyncio.get_running_loop()
+        self.reader = asyncio.StreamReader()
+        if self.tty:
+            leader, follower = pty.openpty()
+            stdout: int = follower
+        else:
+            stdout = asyncio.subprocess.PIPE
+        with self.stderr_path.open("wb") as err:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bgproxy", "status", "--watch", *self.argv,
+                env=clean_env(**self.env), cwd=self.tmp_path, stdout=stdout, stderr=err,
+            )  # fmt: skip
+        if self.tty:
+            os.close(follower)
+            pipe = os.fdopen(leader, "rb", buffering=0)
+            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(self.reader), pipe)
+        else:
+            assert self.proc.stdout is not None
+            self.reader = self.proc.stdout
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.returncode is None:  # only when a failed test left it running
+            self.proc.kill()
+            await self.proc.wait()
+
+    async def until(self, done: Callable[[str], bool], what: str) -> str:
+        """Read until `done(output so far)`; a bounded wait that fails with what was seen."""
+        end = time.monotonic() + PROC_TIMEOUT
+        while not done(self.out):
+            left = end - time.monotonic()
+            try:
+                chunk = await asyncio.wait_for(self.reader.read(65536), max(left, 0.01))
+            except TimeoutError:
+                chunk = None
+            except OSError:  # a pseudo-terminal whose process has ended: EIO
+                chunk = b""
+            if not chunk:
+                pytest.fail(f"no {what} within {PROC_TIMEOUT}s (or the watch ended):\n{self.out}\n{self.stderr}")
+            self.out += chunk.decode().replace("\r\n", "\n")  # a terminal sends each newline as \r\n
+        return self.out
+
+    async def interrupt(self) -> int:
+        """Ctrl-C, as a terminal sends it; the exit status."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGINT)
+        code = await asyncio.wait_for(self.proc.wait(), PROC_TIMEOUT)
+        with contextlib.suppress(OSError, TimeoutError):  # the rest of its output, if any
+            self.out += (await asyncio.wait_for(self.reader.read(), TIMEOUT)).decode().replace("\r\n", "\n")
+        return code
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+
+async def post(app: Bgproxy, path: str, body: dict[str, Any]) -> None:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as s:
+        async with s.post(f"{admin_url(app)}{path}", json=body) as r:
+            assert r.status == 200, await r.text()
+
+
+async def test_watch_redraws_every_second_and_shows_a_flip_made_meanwhile(proxy: Bgproxy, tmp_path: Path) -> None:
+    """Not a terminal (a pipe, a CI log): frames one after another with a separator, no escape codes; Ctrl-C ends
+    it with 0."""
+    started = time.monotonic()
+    async with Watch(tmp_path, "--admin-url", admin_url(proxy)) as watch:
+        await watch.until(lambda out: out.count(FOOTER) == 1, "first frame")
+        await post(proxy, "/switch", {"to": "green", "reason": "while watched"})
+        read_before_flip = watch.out.count(FOOTER)
+        await watch.until(lambda out: "Active        green" in out and out.endswith(FOOTER + "\n"), "the flip")
+        assert await watch.interrupt() == 0, watch.stderr
+    elapsed = time.monotonic() - started
+    frames = watch.out.split(f"{cli_status.SEPARATOR}\n")
+    assert len(frames) >= 2 and all(frame.rstrip().endswith(FOOTER) for frame in frames), watch.out
+    assert len(frames) <= elapsed / 1.0 + 2, (len(frames), elapsed)  # once a second, not a busy loop
+    header = re.compile(rf"{re.escape(admin_url(proxy))}  \d\d:\d\d:\d\d UTC  \(every 1s; Ctrl-C to stop\)\n\n")
+    assert all(header.match(frame) for frame in frames), watch.out
+    assert "Active        blue (standby: green)" in frames[0]
+    # the next look after the switch shows it (or the one after, when a frame was on its way as the switch landed),
+    # with who made it and why
+    flipped = next(i for i, frame in enumerate(frames) if "Active        green (standby: blue)" in frame)
+    assert flipped <= read_before_flip + 1, (flipped, read_before_flip, watch.out)
+    assert '"while watched"' in frames[flipped], frames[flipped]
+    assert re.search(r"Last change   revision 1 by admin, \ds ago", frames[flipped]), frames[flipped]
+    assert "\x1b" not in watch.out and watch.stderr == ""
+
+
+@pytest.mark.parametrize("no_color", ["", "1"], ids=["colours", "NO_COLOR"])
+async def test_watch_on_a_terminal_redraws_in_place(proxy: Bgproxy, tmp_path: Path, no_color: str) -> None:
+    """On a terminal: the screen cleared once, then each frame drawn over the last (no scrolling, no flicker), in
+    colour unless NO_COLOR is set."""
+    env = {"TERM": "xterm-256color", "NO_COLOR": no_color}
+    async with Watch(tmp_path, "--admin-url", admin_url(proxy), "--interval", "0.3", tty=True, **env) as watch:
+        await watch.until(lambda out: out.count(FOOTER) >= 2, "two frames")
+        assert await watch.interrupt() == 0, watch.stderr
+    out = watch.out
+    assert out.startswith("\x1b[2J\x1b[H") and out.count("\x1b[2J") == 1, repr(out[:200])
+    assert out.count("\x1b[H") >= 2 and cli_status.SEPARATOR not in out
+    coloured = "Active        \x1b[1;34mblue\x1b[0m (standby: \x1b[32mgreen\x1b[0m)\x1b[K\n" in out
+    plain = "Active        blue (standby: green)\x1b[K\n" in out
+    assert (coloured, plain) == ((True, False) if not no_color else (False, True)), repr(out[:400])
+
+
+async def test_watch_shows_unreachable_and_comes_back_with_the_proxy(start_proxy: StartProxy, tmp_path: Path) -> None:
+    """An operator keeps the watch open through a restart of bgproxy: it says UNREACHABLE, and goes on by itself."""
+    port = free_port()  # nothing listens there yet
+    url = f"http://127.0.0.1:{port}"
+    async with Watch(tmp_path, "--admin-url", url, "--interval", "0.2") as watch:
+        out = await watch.until(lambda out: "UNREACHABLE" in out and "retrying" in out, "an unreachable frame")
+        assert re.search(rf"UNREACHABLE for \ds: cannot reach the admin API at {re.escape(url)}: .*refused", out), out
+        assert "retrying every 0.2s" in out
+        await start_proxy(admin_listen=f"127.0.0.1:{port}")
+        await watch.until(lambda out: FOOTER in out, "a frame once the admin API is back")
+        assert await watch.interrupt() == 0, watch.stderr
+    assert "Active        blue (standby: green)" in watch.out.split("UNREACHABLE")[-1]
+
+
+async def test_watch_json_prints_one_state_per_line(
+    proxy: Bgproxy, upstreams: dict[str, Upstream], tmp_path: Path
+) -> None:
+    """--watch --json: JSON lines for a script; an admin API that answers 5xx is said once on stderr, and tried
+    again."""
+    up = upstreams["blue"]
+    up.answers["state"] = (503, "restarting", 0.0)
+    url = f"{up.url}/ctl"
+    async with Watch(tmp_path, "--json", "--admin-url", url, "--interval", "0.2") as watch:
+        deadline = time.monotonic() + PROC_TIMEOUT
+        while "503" not in watch.stderr:  # a bounded poll of a file another process writes
+            assert time.monotonic() < deadline, watch.stderr
+            await asyncio.sleep(0.05)
+        assert watch.out == ""
+        real = await state_of(proxy)
+        up.answers["state"] = (200, json.dumps(real), 0.0)
+        await watch.until(lambda out: out.count("\n") >= 2, "two JSON lines")
+        assert await watch.interrupt() == 0
+    lines = watch.out.splitlines()
+    assert all(json.loads(line) == real for line in lines), lines
+    assert watch.stderr == "bgproxy: GET /state failed (503): Service Unavailable; trying again every 0.2s\n"
 
 
 # --- bgproxy demo ---------------------------------------------------------------------------------------------------
@@ -318,6 +529,9 @@ async def test_rollback_during_a_shift_acts_as_abort(proxy: Bgproxy, capsys: pyt
         (("promote", "--steps", ""), "expected comma-separated weights"),
         (("promote", "--steps", "10,50", "--interval", "soon"), "argument --interval: invalid float value: 'soon'"),
         (("pause", "--force"), "unrecognized arguments: --force"),
+        (("status", "--interval", "2"), "--interval goes with --watch"),
+        (("status", "--watch", "--interval", "0.01"), "argument --interval: expected at least 0.1 seconds, got '0.01'"),
+        (("status", "--watch", "--interval", "inf"), "argument --interval: expected a number of seconds, got 'inf'"),
     ],
 )
 def test_input_the_cli_cannot_read_exits_2_before_calling(

@@ -19,8 +19,9 @@ import aiohttp
 import pytest
 
 from bgproxy import cli
+from bgproxy.core.addresses import Address
 from bgproxy.core.model import Color
-from bgproxy.settings import Address, SettingsError, load_settings
+from bgproxy.settings import SettingsError, load_settings
 from tests.support.processes import PROC_TIMEOUT, clean_env, serve_args, serve_process
 from tests.support.servers import TIMEOUT, Upstream, free_port
 

@@ -59,9 +59,15 @@ def test_start_from_a_shift_replaces_its_weight_with_the_first_step() -> None:
 
 @pytest.mark.parametrize(
     ("steps", "interval", "names"),
-    [([], 60, "'steps'"), ([50, 10], 60, "'steps'"), ([0, 10], 60, "'steps'"), ([10], 0.5, "'interval'")],
+    [
+        ([], 60, "'steps'"),
+        ([50, 10], 60, "'steps'"),
+        ([0, 10], 60, "'steps'"),
+        ([10], 0.5, "'interval'"),
+        ([10], True, "'interval'"),  # a bool is no number of seconds, in the compiled build too
+    ],
 )
-def test_start_refuses_a_plan_that_can_never_be_valid(steps: list[int], interval: float, names: str) -> None:
+def test_start_refuses_a_plan_that_can_never_be_valid(steps: list[int], interval: object, names: str) -> None:
     with pytest.raises(InvalidPlan, match=names):
         rollout.start(base(), steps, interval, source="admin", reason="", now=T)
 

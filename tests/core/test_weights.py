@@ -199,7 +199,7 @@ def test_shift_to_the_weight_already_set_changes_nothing(weight: int) -> None:
 @pytest.mark.parametrize("bad", [-1, 101, 20.5, "20", True])
 def test_shift_refuses_a_weight_that_is_not_0_to_100(bad: object) -> None:
     with pytest.raises(InvalidPlan, match="'weight'"):
-        routing.shift(at(0), bad, source="admin", reason="", now=T + 1)  # type: ignore[arg-type]
+        routing.shift(at(0), bad, source="admin", reason="", now=T + 1)
 
 
 # --- abort ------------------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from bgproxy.app import Bgproxy
+from bgproxy.notify.outbox import BACKOFF
 from bgproxy.notify.webhooks import Webhooks
 from tests.support.configmap import admin, metric, metric_is, until
 from tests.support.receiver import Receiver
@@ -148,8 +149,10 @@ async def test_a_failing_receiver_gets_three_tries_then_the_change_counts_as_fai
 ) -> None:
     receiver.statuses = [500, 503, 200, 500, 500, 500]
     app = await start_proxy(webhook_urls=receiver.url)
-    await change(http, app, "/switch", to="green")  # 500, 503, then 200: delivered on the third try
-    await change(http, app, "/switch", to="blue")  # 500 three times: failed
+    flips = [await change(http, app, "/switch", to="green")]  # 500, 503, then 200: delivered on the third try
+    await receiver.received(1)  # answered 500: the first change now waits out its backoff before the next try
+    flips.append(await change(http, app, "/switch", to="blue"))  # 500 three times: failed
+    assert max(flips) < BACKOFF, flips  # neither flip waited for a try or a backoff
     got = await receiver.received(6, within=2 * (1 + 2) + 3)
     assert [d.json["revision"] for d in got] == [1, 1, 1, 2, 2, 2]
     assert len({d.body for d in got[:3]}) == 1  # a retry sends the very same body

@@ -8,11 +8,10 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import aiohttp
 from aiohttp import web
-
-from bgproxy.app import Bgproxy
 
 
 @dataclass
@@ -70,12 +69,19 @@ class Answer:
     color: str
 
 
+class Proxy(Protocol):
+    """What the load needs of a proxy: its data-plane port (an in-process `Bgproxy` or a replica process)."""
+
+    @property
+    def port(self) -> int: ...
+
+
 @dataclass
 class Load:
     """`clients` keep-alive clients sending GET / back to back through the proxy, no cookies kept (each request
     draws its own sticky bucket), until stopped."""
 
-    app: Bgproxy
+    app: Proxy
     clients: int = 10
     answers: list[Answer] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)

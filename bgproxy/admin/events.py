@@ -131,12 +131,16 @@ class EventHub:
         self._broadcast(encode("figures", figures))
 
     def _broadcast(self, data: bytes) -> None:
+        stuck = []
         for queue in self.streams:
             try:
                 queue.put_nowait(data)
             except asyncio.QueueFull:
-                log(logger, "dashboard_stream_stuck", level=logging.WARNING, backlog=BACKLOG)
-                _end(queue)
+                stuck.append(queue)
+        for queue in stuck:  # told to end once, and no longer sent to
+            log(logger, "dashboard_stream_stuck", level=logging.WARNING, backlog=BACKLOG)
+            self.streams.discard(queue)
+            _end(queue)
 
     def opening(self) -> bytes:
         """What a new stream starts with: the reconnect delay, the series, then (once loaded) state and history."""
@@ -159,6 +163,7 @@ class EventHub:
                 "X-Accel-Buffering": "no",  # an nginx in front must pass each event on at once
             }
         )
+        resp.force_close()  # a stream ends only to be reconnected: its connection is not kept for another request
         try:
             await resp.prepare(request)
             data: bytes | None = self.opening()

@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
+import socket
 import time
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 
-from bgproxy.admin.events import MAX_STREAMS, RETRY_MS, SAMPLED, TICK
+from bgproxy.admin.events import MAX_STREAMS, RETRY_MS, SAMPLED, TICK, WRITE_TIMEOUT
 from bgproxy.app import Bgproxy
 from bgproxy.settings import load_settings
 from tests.support.admin import Admin
@@ -155,3 +157,43 @@ async def test_a_stop_ends_every_open_stream_at_once_and_does_not_wait_on_them(
             await app.stop()
     print(f"\n[events] stop with 3 open streams took {took * 1000:.0f} ms")
     assert took < 2.0, took
+
+
+@pytest.mark.slow
+async def test_a_client_that_reads_nothing_delays_no_other_and_is_let_go(
+    proxy: Bgproxy, session: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="bgproxy.admin")
+    admin = Admin(session, proxy)
+    # a page that stopped reading: a tiny receive buffer, and nothing read after the request
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", proxy.admin_port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(f"GET /events HTTP/1.1\r\nHost: 127.0.0.1:{proxy.admin_port}\r\n\r\n".encode())
+    await writer.drain()
+    try:
+        async with events(session, proxy) as stream:
+            await stream.until("opening history", lambda e: e.name == "history")
+            # changes until the silent client's backlog is full (each carries the whole history: megabytes soon)
+            flips, to = 0, "green"
+            while "dashboard_stream_stuck" not in caplog.text:
+                assert flips < 3000, "the silent client never counted as stuck"
+                sent = time.monotonic()
+                await admin.post("/switch", {"to": to})
+                state = await stream.until("the change", lambda e: e.name == "state", within=2.0)
+                assert state.data["active"] == to
+                # the reading page hears every change at once, however stuck the other one is
+                assert state.at - sent < TICK, (flips, state.at - sent)
+                flips, to = flips + 1, ("blue" if to == "green" else "green")
+            stuck_at = time.monotonic()
+            # its stream ends (what it was sent is all it gets) and so does its connection, at the latest when a write
+            # has waited WRITE_TIMEOUT
+            async with asyncio.timeout(WRITE_TIMEOUT + TIMEOUT):
+                while await reader.read(1 << 20):
+                    pass
+            print(f"\n[events] a silent client was stuck after {flips} changes and let go")
+            assert time.monotonic() - stuck_at < WRITE_TIMEOUT + TIMEOUT
+    finally:
+        writer.close()

@@ -15,6 +15,7 @@ from typing import Literal, Protocol, TypeVar
 from aiohttp import web
 from pydantic import BaseModel
 
+from .. import __version__, build
 from ..core import rollout, routing
 from ..core.analysis import Figures
 from ..core.checks import ChecksFailed, skipped
@@ -27,6 +28,7 @@ from .keys import AUTO_PROMOTE, CHECKS, HOLDER, LIVE, METRICS, OPENAPI, READY, S
 from .middleware import Handler, error
 from .schemas import (
     BackendView,
+    BuildView,
     FlipBody,
     HistoryView,
     PromoteBody,
@@ -64,6 +66,7 @@ def state_view(request: web.Request) -> StateView:
                 for c in Color
             },
             "auto_promote": request.app[AUTO_PROMOTE](),
+            "build": BuildView(version=__version__, compiled=build.compiled()),
         }
     )
 

@@ -8,22 +8,32 @@
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-# ---- builder: a virtualenv holding bgproxy and its dependencies (all binary wheels, no compiler needed) ----
+# ---- builder: a virtualenv holding bgproxy, compiled, and its dependencies (binary wheels) ----
 FROM ${PYTHON_IMAGE} AS builder
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 
+# A C compiler for the compiled build: setup.py compiles the data plane and the core with mypyc (the image's Python
+# brings its own headers). Only this stage has it. Debian's current gcc: a pinned package version would vanish
+# from the mirror with the next security update.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install --yes --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY bgproxy ./bgproxy
 # pip byte-compiles what it installs, so the final image never has to write .pyc files (its root filesystem is
-# read-only in Kubernetes). pip and setuptools are not needed at run time: out of the venv with them.
+# read-only in Kubernetes). The image must be the compiled build: without a compiler setup.py would fall back to
+# pure Python, so the build stops here instead. pip and setuptools are not needed at run time: out of the venv.
 RUN pip install --no-cache-dir . \
+    && python -c "from bgproxy import build; raise SystemExit(0 if build.compiled() else 'not compiled')" \
     && python -m pip uninstall --yes pip setuptools
 
 # ---- final: the same interpreter, the venv only, a non-root user; no sources, no build tools, no pip cache ----

@@ -58,9 +58,9 @@ def why_not_compiled() -> str | None:
         probe.write_text("#include <Python.h>\nint probe(void) { return Py_IsInitialized(); }\n")
         try:
             compiler.compile([str(probe)], output_dir=tmp, include_dirs=[include])
-        except (CCompilerError, DistutilsError, OSError) as exc:
-            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            return f"no working C compiler with Python headers ({detail})"
+        except (CCompilerError, DistutilsError, OSError):
+            cc = (getattr(compiler, "compiler_so", None) or ["cc"])[0]
+            return f"{cc} cannot compile against Python's headers ({include}/Python.h)"
     return None
 
 
@@ -91,7 +91,10 @@ def ext_modules() -> list[Extension]:
     return mypycify(compiled_sources(), opt_level="3", group_name=GROUP)
 
 
-EXT_MODULES = ext_modules()
+# The PEP 517 hooks run this file once per step (build requirements, metadata, the build itself), and only the
+# build needs the extension modules: the others get none, so mypyc runs once, and the warning is printed once.
+BUILDING = not {"build", "build_ext", "bdist_wheel", "editable_wheel", "install", "develop"}.isdisjoint(sys.argv[1:])
+EXT_MODULES = ext_modules() if BUILDING else []
 
 
 class EditableWheel(editable_wheel):

@@ -15,6 +15,7 @@ import signal
 
 from aiohttp import web
 
+from . import __version__, build
 from .admin import build_admin_app
 from .core.addresses import Address
 from .core.analysis import Thresholds
@@ -55,6 +56,7 @@ class Bgproxy:
         self.settings = settings
         # ANALYSIS_ENABLED=false keeps no live window: nothing would judge it, and it costs on every request.
         self.metrics = Metrics(window=settings.analysis_window if settings.analysis_enabled else None)
+        self.metrics.set_build(__version__, compiled=build.compiled())
         self.store = open_store(settings, self.metrics)
         self.holder = StateHolder(self.store, self.metrics, initial_active=settings.initial_active)
         self.health = HealthChecker(settings, self.metrics)
@@ -123,6 +125,7 @@ class Bgproxy:
             active=self.holder.current.active.value,
             revision=self.holder.current.revision,
             store=self.store.name,
+            build="compiled" if build.compiled() else "pure",
         )
 
     async def _follow_store(self) -> None:

@@ -60,8 +60,28 @@ def _settings_flags(parser: argparse.ArgumentParser, only: Sequence[str] | None 
             parser.add_argument(flag, *_SHORT.get(name, []), dest=name, metavar="VALUE", default=None, help=help_text)
 
 
+class _Version(argparse.Action):
+    """`--version`, and which build runs (compiled or pure Python): that loads the data plane, so only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, help=help)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        from .build import describe
+
+        print(describe())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bgproxy", description="A blue/green traffic switch for Kubernetes.")
+    parser.add_argument("--version", action=_Version, help="print the version and the build (compiled or pure Python)")
     sub = parser.add_subparsers(dest="command", required=True)
     _settings_flags(sub.add_parser("serve", help="run the proxy"))
     demo = sub.add_parser("demo", help="blue and green demo upstreams, the proxy and the admin API on loopback")

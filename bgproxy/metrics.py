@@ -304,6 +304,13 @@ class Metrics:
         )
         for c in Color:
             self.drained.labels(c.value)
+        # Set by the composition root (`set_build`), which knows which build runs (`bgproxy.build`).
+        self.build_info = Gauge(
+            "bgproxy_build_info",
+            "1, labelled with the version and whether the data plane runs compiled (mypyc) or as pure Python",
+            ("compiled", "version"),
+            registry=r,
+        )
         # Children resolved once, so that an error on the data plane costs one attribute lookup.
         self.error_counters = {(c, k): self.upstream_errors.labels(c.value, k) for c in Color for k in ERROR_KINDS}
         self.healthy = dict.fromkeys(Color, True)
@@ -322,6 +329,9 @@ class Metrics:
             for result in NOTICE_RESULTS:
                 self.kubernetes_events.labels(result)
         return self.watch_connected
+
+    def set_build(self, version: str, *, compiled: bool) -> None:
+        self.build_info.labels("true" if compiled else "false", version).set(1)
 
     def set_healthy(self, color: Color, healthy: bool) -> None:
         if self.healthy[color] is not healthy:

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from bgproxy.app import Bgproxy
 from bgproxy.settings import load_settings
+from tests.support.build import stale_extensions
 from tests.support.receiver import Receiver
 from tests.support.servers import RawClient, StartProxy, Upstream, upstream_app
 
@@ -21,6 +22,18 @@ from tests.support.servers import RawClient, StartProxy, Upstream, upstream_app
 from tests.support.tools import pytest_addoption, pytest_make_collect_report, pytest_runtest_makereport
 
 __all__ = ["pytest_addoption", "pytest_make_collect_report", "pytest_runtest_makereport"]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """An editable compiled install runs the extension modules built from the source as it was then: after an edit
+    the tests would test the old code. Stop before any test runs."""
+    stale = stale_extensions()
+    if stale:
+        pytest.exit(
+            f"{', '.join(stale)} changed since the build was compiled: reinstall (pip install -e '.[test]'), or "
+            "install the pure build while editing (BGPROXY_PURE=1 pip install -e '.[test]')",
+            returncode=4,
+        )
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:

@@ -15,6 +15,7 @@ from typing import Any, Literal, Protocol, TypeVar
 from aiohttp import web
 from pydantic import BaseModel
 
+from .. import __version__, build
 from ..core import rollout, routing
 from ..core.analysis import Figures
 from ..core.checks import ChecksFailed, skipped
@@ -29,6 +30,7 @@ from .keys import AUTO_PROMOTE, CHECKS, HOLDER, LIVE, METRICS, OPENAPI, READY, S
 from .middleware import Handler, error
 from .schemas import (
     BackendView,
+    BuildView,
     ErrorBody,
     FlipBody,
     HistoryView,
@@ -66,6 +68,7 @@ def state_view(app: web.Application) -> StateView:
                 for c in Color
             },
             "auto_promote": app[AUTO_PROMOTE](),
+            "build": BuildView(version=__version__, compiled=build.compiled()),
         }
     )
 

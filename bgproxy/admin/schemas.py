@@ -238,6 +238,13 @@ class AutoPromoteView(ResponseBody):
     )
 
 
+class BuildView(ResponseBody):
+    """Which build of bgproxy answers (as `bgproxy --version` says)."""
+
+    version: str
+    compiled: bool = Field(description="the data plane and the core run compiled (mypyc); false: pure Python")
+
+
 class StateView(ResponseBody):
     """The routing state, the store it lives in and each colour's upstream."""
 
@@ -266,6 +273,7 @@ class StateView(ResponseBody):
     )
     store: StoreView
     backends: dict[Color, BackendView]
+    build: BuildView
 
 
 class HistoryEntry(ResponseBody):

@@ -13,6 +13,7 @@ import pytest
 from openapi_spec_validator import validate
 from prometheus_client.parser import text_string_to_metric_families
 
+from bgproxy import __version__, build
 from bgproxy.admin import MAX_BODY
 from bgproxy.app import Bgproxy
 from bgproxy.metrics import BUCKETS
@@ -507,6 +508,14 @@ async def http_get(session: aiohttp.ClientSession, url: str) -> int:
     async with session.get(url) as r:
         await r.read()
         return r.status
+
+
+async def test_state_and_metrics_say_which_build_runs(proxy: Bgproxy, session: aiohttp.ClientSession) -> None:
+    compiled = build.compiled()
+    assert (await get_state(session, proxy))["build"] == {"version": __version__, "compiled": compiled}
+    _, samples = await scrape(session, proxy)
+    info = {labels: n for (name, labels), n in samples.items() if name == "bgproxy_build_info"}
+    assert info == {lab(compiled="true" if compiled else "false", version=__version__): 1}
 
 
 async def test_metrics_count_upstream_errors(start_proxy: StartProxy, session: aiohttp.ClientSession) -> None:

@@ -227,6 +227,7 @@ def test_a_state_with_a_null_previous_matches_the_document(admin_base: str) -> N
             for c in Color
         },
         "auto_promote": None,
+        "build": {"version": "0.1.0", "compiled": True},
     }
     assert initial["previous"] is None
     validator.validate(initial)

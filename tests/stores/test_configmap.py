@@ -25,6 +25,7 @@ from bgproxy.settings import load_settings
 from bgproxy.stores import StoreError
 from bgproxy.stores.configmap.client import BACKOFF_CAP
 from bgproxy.stores.configmap.codec import EDITED, configmap_data
+from tests.support.admin import NOT_STORED
 from tests.support.configmap import (
     CM,
     NS,
@@ -130,9 +131,7 @@ async def test_kubectl_patch_flips_traffic(
     assert (body["source"], body["reason"]) == ("configmap", EDITED)
     # The replica writes the normalised state back: every replica then holds the very same state object.
     await until(lambda: (stored(api)["state"] or {}).get("active") == "green", "the state blob is written back")
-    assert stored(api)["state"] == {
-        k: v for k, v in body.items() if k not in ("standby", "store", "backends", "auto_promote")
-    }
+    assert stored(api)["state"] == {k: v for k, v in body.items() if k not in (*NOT_STORED, "standby")}
 
     await kubectl("patch", "cm", CM, "--type", "merge", "-p", '{"data":{"active":"blue","reason":"bad release"}}')
     await until(lambda: serves(http, cm_proxy, "blue"), "traffic goes back to blue")

@@ -26,6 +26,7 @@ from bgproxy.core.model import Color, State, initial_state
 from bgproxy.settings import load_settings
 from bgproxy.stores import StoreConflict, StoreError
 from bgproxy.stores.file import FileStore
+from tests.support.admin import NOT_STORED
 from tests.support.processes import (
     PROC_TIMEOUT,
     assert_flips_refused,
@@ -314,7 +315,7 @@ async def test_every_flip_rewrites_the_file_atomically(tmp_path: Path, start_pro
             stored = read_state_file(path)  # valid JSON after each flip
             answer = json.loads(body)
             assert answer["store"] == {"backend": "file", "path": str(path)}
-            assert stored == {k: v for k, v in answer.items() if k not in ("backends", "store", "auto_promote")}
+            assert stored == {k: v for k, v in answer.items() if k not in NOT_STORED}
             assert (stored["revision"], stored["reason"]) == (i, f"flip {i}")
             assert stored["active"] == ("blue" if i % 2 else "green")
             assert leftovers(tmp_path, "state.json") == []  # no temp files left behind

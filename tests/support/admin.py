@@ -15,6 +15,9 @@ import pytest
 from bgproxy.app import Bgproxy
 
 POLL = 0.02  # seconds between looks of a bounded wait
+# What /state answers besides the state a store keeps: this replica's own view of the store, the backends, its
+# auto-promotion and its build.
+NOT_STORED = ("backends", "store", "auto_promote", "build")
 
 
 class Admin:

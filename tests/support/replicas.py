@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.support.admin import NOT_STORED
 from tests.support.configmap import CM, NS, WAIT, parse_metric, until
 from tests.support.servers import free_port
 
@@ -131,9 +132,7 @@ class Replica:
     async def state(self, http: aiohttp.ClientSession) -> dict[str, Any]:
         status, body = await self.admin(http, "GET", "/state")
         assert status == 200
-        return {k: v for k, v in body.items() if k not in ("standby", "store", "backends", "auto_promote")} | {
-            "store": body["store"]
-        }
+        return {k: v for k, v in body.items() if k not in (*NOT_STORED, "standby")} | {"store": body["store"]}
 
     async def metric(self, http: aiohttp.ClientSession, name: str, **labels: str) -> float:
         async with http.get(f"http://127.0.0.1:{self.admin_port}/metrics") as resp:

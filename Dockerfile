@@ -31,9 +31,10 @@ COPY pyproject.toml setup.py README.md ./
 COPY bgproxy ./bgproxy
 # pip byte-compiles what it installs, so the final image never has to write .pyc files (its root filesystem is
 # read-only in Kubernetes). The image must be the compiled build: without a compiler setup.py would fall back to
-# pure Python, so the build stops here instead. pip and setuptools are not needed at run time: out of the venv.
+# pure Python, so the build stops here instead (-P: the installed package, not the sources in this directory). pip
+# and setuptools are not needed at run time: out of the venv with them.
 RUN pip install --no-cache-dir . \
-    && python -c "from bgproxy import build; raise SystemExit(0 if build.compiled() else 'not compiled')" \
+    && python -P -c "from bgproxy import build; raise SystemExit(0 if build.compiled() else 'not compiled')" \
     && python -m pip uninstall --yes pip setuptools
 
 # ---- final: the same interpreter, the venv only, a non-root user; no sources, no build tools, no pip cache ----

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import os
 import statistics
 import subprocess
 import sys
@@ -76,6 +77,17 @@ def _describe(tree: Path, rev: str | None) -> str:
         if changed.stdout.strip():
             commit += "+changes"
     return commit
+
+
+def _build_of(tree: Path) -> str:
+    """Which build of bgproxy runs from `tree`: `compiled` or `pure Python` (a commit before bgproxy.build had only
+    the pure one)."""
+    probe = "from bgproxy import build; print('compiled' if build.compiled() else 'pure Python')"
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tree, env=env, capture_output=True, text=True, check=False)
+    if done.returncode == 0:
+        return done.stdout.strip()
+    return "pure Python" if "bgproxy.build" in done.stderr or "cannot import name 'build'" in done.stderr else "?"
 
 
 def answered(admin_url: str) -> int | None:
@@ -235,7 +247,8 @@ def render(rows: list[Row], meta: dict[str, object]) -> str:
     lines = [
         "# bgproxy: instructions per request (callgrind)",
         "",
-        f"{meta['when']}: bgproxy {meta['measured']} ({meta['tree']}), {meta['valgrind']}, Python {meta['python']}. "
+        f"{meta['when']}: bgproxy {meta['measured']}, {meta['build']} ({meta['tree']}), {meta['valgrind']}, "
+        f"Python {meta['python']}. "
         f"{meta['requests']} requests per run (wrk -t1 -c{CONNECTIONS}, plus those in flight when it stops) after "
         f"{meta['warmup_requests']} uncounted per path; total Ir / requests bgproxy answered meanwhile.",
         "",
@@ -257,6 +270,7 @@ def run(a: argparse.Namespace, h: Harness, tools: dict[str, str]) -> dict[str, o
     meta: dict[str, object] = {
         "when": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "measured": _describe(tree, a.rev),
+        "build": _build_of(tree),
         "tree": str(tree) if a.tree or not a.rev else f"git archive {a.rev}",
         "valgrind": valgrind.stdout.strip(),
         "python": sys.version.split()[0],

@@ -25,13 +25,13 @@ __all__ = ["pytest_addoption", "pytest_make_collect_report", "pytest_runtest_mak
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """An editable compiled install runs the extension modules built from the source as it was then: after an edit
-    the tests would test the old code. Stop before any test runs."""
+    """An editable compiled install runs the extension modules built from the sources as they were then: after an
+    edit (or a new module) the tests would test the old code. Stop before any test runs."""
     stale = stale_extensions()
     if stale:
         pytest.exit(
-            f"{', '.join(stale)} changed since the build was compiled: reinstall (pip install -e '.[test]'), or "
-            "install the pure build while editing (BGPROXY_PURE=1 pip install -e '.[test]')",
+            f"{', '.join(stale)}: changed or new since the build was compiled; reinstall (pip install -e '.[test]'), "
+            "or install the pure build while editing (BGPROXY_PURE=1 pip install -e '.[test]')",
             returncode=4,
         )
 

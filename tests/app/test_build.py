@@ -6,38 +6,22 @@ which, and under CI it is the build .ci/run installed for this pass (so CI canno
 
 from __future__ import annotations
 
-import ast
 import os
 import pkgutil
 import subprocess
 import sys
 from importlib import import_module
 from importlib.machinery import ExtensionFileLoader
-from pathlib import Path
 
 import pytest
 
 import bgproxy.core
 import bgproxy.dataplane
 from bgproxy import __version__, build
+from tests.support.build import left_as_python
 from tests.support.processes import PROC_TIMEOUT, clean_env
 
-ROOT = Path(__file__).resolve().parents[2]
 EXPECT = "BGPROXY_EXPECT_COMPILED"
-
-
-def left_as_python() -> set[str]:
-    """The modules setup.py leaves uncompiled (its EXCLUDED), as module names."""
-    tree = ast.parse((ROOT / "setup.py").read_text())
-    for node in tree.body:
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == "EXCLUDED":
-            assert isinstance(node.value, ast.Dict)
-            return {
-                key.value.removesuffix(".py").replace("/", ".")
-                for key in node.value.keys
-                if isinstance(key, ast.Constant) and isinstance(key.value, str)
-            }
-    raise AssertionError("setup.py has no EXCLUDED")
 
 
 def test_the_build_tested_is_the_one_ci_installed() -> None:
@@ -53,7 +37,7 @@ def test_the_build_tested_is_the_one_ci_installed() -> None:
 
 
 def test_a_build_compiles_every_module_of_the_data_plane_and_the_core_or_none() -> None:
-    excluded = left_as_python()
+    excluded = {path.removesuffix(".py").replace("/", ".") for path in left_as_python()}
     assert excluded <= {"bgproxy.core.checks"}, "each module left as Python needs its reason in setup.py"
     for package in (bgproxy.dataplane, bgproxy.core):
         names = [package.__name__] + [f"{package.__name__}.{m.name}" for m in pkgutil.iter_modules(package.__path__)]

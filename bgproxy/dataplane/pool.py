@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from ..core.addresses import Upstream
 from ..core.model import Color
-from ..metrics import ColorStats
+from ..core.stats import ColorStats
 from .upstream import UpstreamConnection
 
 if TYPE_CHECKING:

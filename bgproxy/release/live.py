@@ -1,7 +1,7 @@
 """Each colour's live figures and drained signal, read against the state: what /state, the automatic rollback and
 Prometheus show.
 
-The data plane counts (`metrics.ColorStats`: the live window, what is in flight); this ties the counts to the
+The data plane counts (`core.stats.ColorStats`: the live window, what is in flight); this ties the counts to the
 state. A colour's window is marked when the colour begins getting ordinary traffic, so its figures describe that
 traffic only, never what it served before (testers' previews, an earlier release's failures). A colour that gets no
 ordinary traffic is drained once nothing live has been in flight on it for DRAINED_AFTER (`core.drained`).

@@ -14,7 +14,7 @@ import pytest
 
 from bgproxy.app import Bgproxy
 from bgproxy.core.model import Color
-from bgproxy.metrics import BUCKETS, LATENCY_MAX, LATENCY_MIN, MAX_SLOTS, ColorStats, bucket_value, latency_bucket
+from bgproxy.core.stats import BUCKETS, LATENCY_MAX, LATENCY_MIN, MAX_SLOTS, ColorStats, bucket_value, latency_bucket
 from tests.support.servers import TIMEOUT, Upstream
 
 T0 = 1000.0  # the window's clock (perf_counter seconds) at its start

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+from bisect import bisect_left
 from typing import Any
 
 import aiohttp
@@ -14,7 +15,16 @@ import pytest
 
 from bgproxy.app import Bgproxy
 from bgproxy.core.model import Color
-from bgproxy.core.stats import BUCKETS, LATENCY_MAX, LATENCY_MIN, MAX_SLOTS, ColorStats, bucket_value, latency_bucket
+from bgproxy.core.stats import (
+    BOUNDS,
+    BUCKETS,
+    LATENCY_MAX,
+    LATENCY_MIN,
+    MAX_SLOTS,
+    ColorStats,
+    bucket_value,
+    latency_bucket,
+)
 from tests.support.servers import TIMEOUT, Upstream
 
 T0 = 1000.0  # the window's clock (perf_counter seconds) at its start
@@ -55,6 +65,15 @@ def test_buckets_rise_with_the_duration_and_clamp_at_both_ends() -> None:
     assert latency_bucket(LATENCY_MAX * 2) == latency_bucket(LATENCY_MAX * 1e6)  # the top bucket holds the rest
     for v in (2e-5, 1e-3, 0.5, 30.0):
         assert abs(bucket_value(latency_bucket(v)) / v - 1) <= 0.02
+
+
+def test_the_bucket_is_the_first_bound_at_or_above_the_duration() -> None:
+    """The written-out search agrees with `bisect_left` everywhere, on the bounds themselves included."""
+    rng = random.Random(3)
+    probes = [*BOUNDS, *(math.nextafter(b, -math.inf) for b in BOUNDS), *(math.nextafter(b, math.inf) for b in BOUNDS)]
+    probes += [-1.0, 0.0, math.inf, *(10 ** rng.uniform(-8, 5) for _ in range(5000))]
+    for v in probes:
+        assert latency_bucket(v) == bisect_left(BOUNDS, v), v
 
 
 def test_5xx_count_as_errors_and_websockets_not_at_all() -> None:

@@ -10,8 +10,9 @@ cookie. Pure: the draw itself is the caller's.
 from __future__ import annotations
 
 import zlib
+from typing import Final
 
-BUCKETS = 100  # one per percent of weight
+BUCKETS: Final = 100  # one per percent of weight
 
 
 def from_cookie(value: bytes | str | None) -> int | None:

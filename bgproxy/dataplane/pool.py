@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from ..core.addresses import Upstream
 from ..core.model import Color
@@ -17,7 +17,7 @@ from .upstream import UpstreamConnection
 if TYPE_CHECKING:
     from prometheus_client import Counter
 
-MAX_IDLE_PER_COLOR = 512
+MAX_IDLE_PER_COLOR: Final = 512
 
 
 class UpstreamPool:

@@ -8,7 +8,7 @@ It serves one exchange at a time and talks to the client side only through `exch
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from .exchange import Downstream, Exchange
     from .pool import UpstreamPool
 
-_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
+_STATUS_LINES: Final[dict[tuple[int, bytes], bytes]] = {}
 
 
 def status_line(status: int, reason: bytes) -> bytes:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import struct
+from typing import Final
 
-GOING_AWAY = 1001
+GOING_AWAY: Final = 1001
 
 
 class FrameTracker:

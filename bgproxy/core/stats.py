@@ -105,6 +105,17 @@ class _Slot:
         self.latency = [0] * LATENCY_BUCKETS
 
 
+class _Count:
+    """The answers of one (method, status) pair: a cell that the pair's next answer bumps in place."""
+
+    __slots__ = ("n",)
+
+    n: int
+
+    def __init__(self) -> None:
+        self.n = 0
+
+
 def _quantile(histogram: list[int], n: int, q: float) -> float:
     """The smallest bucket value at or below which a share `q` of the `n` counted durations lie."""
     rank = max(1, math.ceil(q * n))
@@ -131,13 +142,16 @@ class ColorStats:
     """
 
     __slots__ = (
+        "_code",
+        "_count",
+        "_method",
         "buckets",
         "color",
+        "counts",
         "ended",
         "inflight",
         "previews",
         "rate",
-        "requests",
         "seconds",
         "since",
         "slot",
@@ -150,7 +164,10 @@ class ColorStats:
     inflight: int
     previews: int
     ended: float
-    requests: dict[tuple[bytes, int], int]
+    counts: dict[tuple[bytes, int], _Count]
+    _method: bytes
+    _code: int
+    _count: _Count
     buckets: list[int]
     sum: float
     seconds: float
@@ -165,7 +182,11 @@ class ColorStats:
         self.inflight = 0
         self.previews = 0
         self.ended = now
-        self.requests = {}
+        self.counts = {}
+        # The pair counted last and its cell: nearly every answer repeats it (GET, 200), and then costs no lookup.
+        self._method = b""
+        self._code = -1
+        self._count = _Count()
         self.buckets = [0] * len(BUCKETS)
         self.sum = 0.0
         self.seconds = window or 0.0
@@ -182,6 +203,11 @@ class ColorStats:
         return bool(self.slots)
 
     @property
+    def requests(self) -> dict[tuple[bytes, int], int]:
+        """Answers by method and status code, all time (what Prometheus reads)."""
+        return {key: count.n for key, count in self.counts.items()}
+
+    @property
     def live(self) -> int:
         """What is in flight as live traffic (requests and websockets, not previews)."""
         return self.inflight - self.previews
@@ -190,9 +216,16 @@ class ColorStats:
         """Count an exchange that started at `started` and ended `now`; returns its duration."""
         seconds = now - started
         # llhttp accepts only its fixed list of methods and a status is 100-999: the keys stay few.
-        key = (method, code)
-        requests = self.requests
-        requests[key] = requests.get(key, 0) + 1
+        count = self._count
+        if code != self._code or method != self._method:
+            key = (method, code)
+            found = self.counts.get(key)
+            if found is None:
+                found = self.counts[key] = _Count()
+            count = self._count = found
+            self._method = method
+            self._code = code
+        count.n += 1
         i = latency_bucket(seconds)
         # `xs[j] = xs[j] + 1` rather than `+=`: compiled, an augmented item assignment is a generic number call.
         buckets = self.buckets

@@ -5,12 +5,17 @@ client side (`Downstream`), so that the upstream module never imports the client
 from __future__ import annotations
 
 import asyncio
-from time import perf_counter
-from typing import TYPE_CHECKING, Protocol
+import time
+from typing import TYPE_CHECKING, Final, Protocol
 
 if TYPE_CHECKING:
     from .pool import UpstreamPool
     from .upstream import UpstreamConnection
+
+
+# Final: compiled, a C static rather than a lookup in the module's dict per request. perf_counter, as uvloop's clock
+# moves in whole milliseconds: too coarse for durations.
+perf_counter: Final = time.perf_counter
 
 
 class Downstream(Protocol):

@@ -104,6 +104,14 @@ def test_the_window_slides() -> None:
     assert window.figures(T0 + 25.5).requests == 0
 
 
+def test_answers_count_by_method_and_status_however_the_pairs_alternate() -> None:
+    green = stats(30)
+    pairs = [(b"GET", 200), (b"GET", 200), (b"GET", 500), (b"POST", 200), (b"GET", 200), (b"POST", 500), (b"GET", 500)]
+    for method, code in pairs:
+        green.done(bytes(method), code, T0 + 1, T0 + 1.01)  # a new bytes object each time, as from the parser
+    assert green.requests == {(b"GET", 200): 3, (b"GET", 500): 2, (b"POST", 200): 1, (b"POST", 500): 1}
+
+
 def test_a_mark_forgets_what_came_before_and_requests_that_started_before_it() -> None:
     green = stats(30)
     for i in range(100):

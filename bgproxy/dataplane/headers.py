@@ -23,6 +23,9 @@ HOP_BY_HOP: Final = frozenset(
     }
 )
 RESPONSE_DROP: Final = HOP_BY_HOP | {b"content-length"}
+# The lengths of RESPONSE_DROP's names, one bit each: a name of another length (Date, Server, Content-Type, ETag...,
+# most of a response's headers) cannot be among them, and is passed on without lowering and hashing it.
+RESPONSE_DROP_LENGTHS: Final = sum(1 << n for n in {len(name) for name in RESPONSE_DROP})
 # X-Forwarded-For is rewritten (appended to) rather than passed through.
 REQUEST_DROP: Final = RESPONSE_DROP | {b"x-forwarded-for"}
 _CONNECTION_OPTIONS: Final = frozenset({b"close", b"keep-alive", b"upgrade", b""})

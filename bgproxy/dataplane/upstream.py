@@ -12,7 +12,15 @@ from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
-from .headers import LAST_CHUNK, PLAIN_CONNECTION, RESPONSE_DROP, chunk, connection_tokens, drop_named
+from .headers import (
+    LAST_CHUNK,
+    PLAIN_CONNECTION,
+    RESPONSE_DROP,
+    RESPONSE_DROP_LENGTHS,
+    chunk,
+    connection_tokens,
+    drop_named,
+)
 
 if TYPE_CHECKING:
     from .exchange import Downstream, Exchange
@@ -148,11 +156,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # Sorted on arrival, so that completing the head touches only the few headers that matter.
-        lname = name.lower()
-        if lname in RESPONSE_DROP:
-            self._framing.append((lname, value))
-        else:
-            self._lines.extend((name, b": ", value, b"\r\n"))
+        if (RESPONSE_DROP_LENGTHS >> len(name)) & 1:
+            lname = name.lower()
+            if lname in RESPONSE_DROP:
+                self._framing.append((lname, value))
+                return
+        self._lines.extend((name, b": ", value, b"\r\n"))
 
     def on_headers_complete(self) -> None:
         if self._complete:

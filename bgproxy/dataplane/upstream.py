@@ -161,7 +161,12 @@ class UpstreamConnection(asyncio.Protocol):
             if lname in RESPONSE_DROP:
                 self._framing.append((lname, value))
                 return
-        self._lines.extend((name, b": ", value, b"\r\n"))
+        # Four appends: compiled, each is a direct list append, where extend() would build a tuple and iterate it.
+        lines = self._lines
+        lines.append(name)
+        lines.append(b": ")
+        lines.append(value)
+        lines.append(b"\r\n")
 
     def on_headers_complete(self) -> None:
         if self._complete:

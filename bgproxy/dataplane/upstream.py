@@ -57,6 +57,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._lines: list[bytes] = [b""]
         self._framing: list[tuple[bytes, bytes]] = []  # hop-by-hop and framing headers, looked at once complete
         self._reason = b""
+        # The status line of the last response and what it was built from: a connection's responses nearly always
+        # repeat it (200 OK), and then it costs two compares rather than a tuple and a dict lookup.
+        self._status = 0
+        self._status_reason = b""
+        self._status_line = b""
         self._out: list[bytes] = []
         self._chunked_out = False
         self._delimited = True  # the response has Content-Length or chunked framing
@@ -176,7 +181,11 @@ class UpstreamConnection(asyncio.Protocol):
         assert ex is not None and client is not None
         status = self.parser.get_status_code()
         out = self._lines
-        out[0] = _STATUS_LINES.get((status, self._reason)) or status_line(status, self._reason)
+        reason = self._reason
+        if status != self._status or reason != self._status_reason:
+            self._status, self._status_reason = status, reason
+            self._status_line = status_line(status, reason)
+        out[0] = self._status_line
         self._reason = b""
         if status < 200 and status != 101:
             self._interim(status, ex, out)

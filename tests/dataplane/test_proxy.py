@@ -240,6 +240,28 @@ async def test_http10_keep_alive_client_keeps_its_connection(raw) -> None:
     assert await c.closed()
 
 
+async def test_each_response_keeps_its_own_reason_on_a_reused_connection(start_proxy: StartProxy) -> None:
+    """The status line of a connection's last response is reused only for the same status and reason."""
+    answers = [b"200 OK", b"200 Fine", b"404 Not Found", b"404 Not Found", b"200 OK"]
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for answer in answers:
+            await up.read_request(reader)
+            writer.write(b"HTTP/1.1 " + answer + b"\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+        await reader.read()
+
+    async with RawUpstream(handler) as up:
+        app = await start_proxy(blue_url=up.url)
+        c = await RawClient.connect(app.port)
+        for answer in answers:
+            await c.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+            await c.read_response()
+            assert c.status_line == b"HTTP/1.1 " + answer
+        assert up.connections == 1
+        await c.close()
+
+
 async def test_response_heads_in_pieces_with_trailers_stay_apart(start_proxy: StartProxy) -> None:
     """A status line split across reads keeps its reason; a chunked body's trailers never reach the next head."""
 

@@ -101,11 +101,11 @@ class ClientConnection(asyncio.Protocol):
         self.set_head_deadline()
 
     def data_received(self, data: bytes) -> None:
-        if self.closed or self.gate.stopped:  # nothing after a refused request is read
+        if self.closed:
             return
         upgrade = -1
         try:
-            if self.fstate == START and data.endswith(b"\r\n\r\n") and data[0] != CR and data[0] != LF:
+            if self.fstate == START and data[0] > CR and data.endswith(b"\r\n\r\n"):
                 # Most reads are one whole head: fed at once, and read_request checks that no other one follows.
                 self.fstate = HEAD
                 self.head = data

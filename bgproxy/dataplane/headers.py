@@ -5,6 +5,8 @@ Names are compared as lower-case bytes, straight from the parser, with no decodi
 
 from __future__ import annotations
 
+from typing import Final
+
 # Never forwarded as received: hop-by-hop, or framing that the proxy declares itself from what it parsed.
 HOP_BY_HOP = frozenset(
     {
@@ -58,3 +60,30 @@ def chunk(body: bytes) -> tuple[bytes, bytes, bytes]:
 
 
 LAST_CHUNK = b"0\r\n\r\n"
+
+
+# Header lines repeat from message to message (the same client, the same Ingress, the same upstream), and most are
+# of no interest to the proxy: a line seen before is classified by one dict lookup, without finding its name.
+# Bounded in count and length (lines are the peers' to choose); emptied when full.
+KNOWN_LINES: Final = 4096
+KNOWN_LINE_LENGTH: Final = 256
+
+
+class LineKinds:
+    """Header lines (as sent, without CRLF) -> what kind of header they are (0: none the proxy looks at)."""
+
+    __slots__ = ("kinds", "names")
+
+    def __init__(self, names: dict[bytes, int]) -> None:
+        self.names = names  # lower-case header name -> kind
+        self.kinds: dict[bytes, int] = {}
+
+    def kind(self, line: bytes) -> int:
+        """The kind of a line not seen before (the fast path is `kinds.get(line)`)."""
+        kind = self.names.get(line.partition(b":")[0].lower(), 0)
+        if len(line) <= KNOWN_LINE_LENGTH:
+            kinds = self.kinds
+            if len(kinds) >= KNOWN_LINES:
+                kinds.clear()
+            kinds[line] = kind
+        return kind

@@ -105,21 +105,6 @@ def request_target(line: bytes, method: bytes) -> bytes:
     return rest.partition(b" ")[0]
 
 
-# Names of header lines, as sent, that were looked up in the watch table already: most requests repeat a few
-# spellings, and a hit spares lower-casing the name. Bounded: names are the client's to choose.
-KNOWN_NAMES: Final = 1024
-KNOWN_NAME_LENGTH: Final = 64
-
-
-def field_kind(srv: ProxyServer, name: bytes) -> int:
-    """The kind of header (0: none that needs a look) of a name not seen before."""
-    kind = srv.watch.get(name.lower(), 0)
-    known = srv.known_names
-    if len(known) < KNOWN_NAMES and len(name) <= KNOWN_NAME_LENGTH:
-        known[name] = kind
-    return kind
-
-
 class NotOneHead(Exception):
     """What was handed over as a request head goes on after its empty line (a pipelined request or a body follows):
     the read is parsed again, in pieces."""
@@ -143,18 +128,18 @@ def read_request(parser: httptools.HttpRequestParser, head: bytes, peer: bytes, 
     if len(head) - len(line) - 5 + end > srv.max_header_bytes:
         if sum(map(field_bytes, lines[1:end])) > srv.max_header_bytes:
             raise Reject(431, "request headers too large")
-    known = srv.known_names
+    line_kinds = srv.line_kinds
+    known = line_kinds.kinds
     host = xff = conn_value = upgrade = te = length = preview = cookie = sticky = None
     has_xfp = has_xfh = expect = proxy_connection = two_hosts = False
-    dropped: list[int] = []
-    for i in range(1, end):
-        name, _, value = lines[i].partition(b":")
-        kind = known.get(name)
+    dropped: list[bytes] = []
+    for field in lines[1:end]:
+        kind = known.get(field)
         if kind is None:
-            kind = field_kind(srv, name)
+            kind = line_kinds.kind(field)
         if not kind:  # most lines
             continue
-        value = value.lstrip(b" \t")  # as llhttp reports it
+        value = field.partition(b":")[2].lstrip(b" \t")  # as llhttp reports it
         if kind < DROP:
             if kind == HOST:
                 two_hosts = two_hosts or host is not None
@@ -172,7 +157,7 @@ def read_request(parser: httptools.HttpRequestParser, head: bytes, peer: bytes, 
             elif kind == STICKY:
                 sticky = value
             continue
-        dropped.append(i)
+        dropped.append(field)
         if kind == CONNECTION:
             conn_value = value if conn_value is None else conn_value + b"," + value
         elif kind == XF_FOR:
@@ -203,8 +188,8 @@ def read_request(parser: httptools.HttpRequestParser, head: bytes, peer: bytes, 
     # The lines forwarded as they came: one piece of the head, unless some are left out.
     if dropped or conn_value is not None:
         del lines[end:]
-        for i in reversed(dropped):
-            del lines[i]
+        for field in dropped:  # (equal lines are of one kind: whichever goes first, all go)
+            lines.remove(field)
         lines[0] = b""
         if conn_value is not None:
             extra = connection_tokens(conn_value)

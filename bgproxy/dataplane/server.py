@@ -15,6 +15,7 @@ from ..metrics import ERROR_KINDS, Metrics
 from ..settings import Settings
 from .choose import Chooser, CurrentState
 from .client import ClientConnection
+from .headers import LineKinds
 from .pool import UpstreamPool
 from .refusals import Deadline, expire
 from .request_head import watch_table
@@ -54,7 +55,7 @@ class ProxyServer:
             sticky_cookie=settings.sticky_cookie,
         )
         self.watch = watch_table(settings.preview_header, settings.sticky_header)
-        self.known_names: dict[bytes, int] = {}  # header names as sent -> their kind (request_head.field_kind)
+        self.line_kinds = LineKinds(self.watch)
         self.read_timeout = settings.upstream_read_timeout
         self.header_timeout = settings.header_timeout
         self.idle_timeout = settings.idle_timeout

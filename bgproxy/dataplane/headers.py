@@ -41,15 +41,6 @@ def connection_tokens(value: bytes) -> frozenset[bytes]:
     return frozenset(names - _CONNECTION_OPTIONS)
 
 
-def drop_named(lines: list[bytes], drop: frozenset[bytes]) -> list[bytes]:
-    """Header lines (name, ": ", value, CRLF per header), in order, without the named ones."""
-    out: list[bytes] = []
-    for i in range(0, len(lines), 4):
-        if lines[i].lower() not in drop:
-            out += lines[i : i + 4]
-    return out
-
-
 def has_token(value: bytes, token: bytes) -> bool:
     return any(t.strip().lower() == token for t in value.split(b","))
 

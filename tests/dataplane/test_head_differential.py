@@ -33,7 +33,7 @@ from bgproxy.dataplane.server import ProxyServer
 from bgproxy.dataplane.upstream import UpstreamConnection
 from bgproxy.metrics import Metrics
 from bgproxy.settings import load_settings
-from tests.dataplane.per_header_reference import PerHeaderClient
+from tests.dataplane.per_header_reference import PerHeaderClient, PerHeaderUpstream
 
 MAX_REQUEST_LINE = 256  # the smallest the settings allow, so that random heads reach the limits
 MAX_HEADER_BYTES = 1024
@@ -152,6 +152,7 @@ def run(make: Callable[[ProxyServer], Any], srv: ProxyServer, reads: list[bytes]
     t.statuses = [int(w.split(b" ", 2)[1]) for w in answers]
     t.reasons = [w.partition(b"\r\n\r\n")[2] for w in answers]
     t.head_pending = (conn.fstate == HEAD) if isinstance(conn, ClientConnection) else conn.in_head
+    srv.connections.discard(conn)  # (it counts towards MAX_CONNECTIONS)
     return t
 
 
@@ -414,3 +415,147 @@ def test_known_cases(server: ProxyServer, reads: list[bytes]) -> None:
     new = run(ClientConnection, server, reads)
     assert normalised(old.upstream) == normalised(new.upstream) and old.statuses == new.statuses, (old, new)
     assert [normalised(q) for q in old.queued] == [normalised(q) for q in new.queued]
+
+
+# -- the upstream side: what reaches the client ----------------------------------------------------------------
+
+REQUESTS = {
+    "get": b"GET / HTTP/1.1\r\nHost: h\r\n\r\n",
+    "get-1.0": b"GET / HTTP/1.0\r\n\r\n",
+    "get-close": b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    "head": b"HEAD / HTTP/1.1\r\nHost: h\r\n\r\n",
+    "expect": b"POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nab",
+    "websocket": b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+}
+RESPONSE_NAMES = [
+    b"Content-Type",
+    b"Server",
+    b"Set-Cookie",
+    b"X-Foo",
+    b"Connection",
+    b"Keep-Alive",
+    b"Content-Length",
+    b"Transfer-Encoding",
+    b"Upgrade",
+    b"Proxy-Authenticate",
+    b"Trailer",
+    b"TE",
+    b"ETag",
+]
+RESPONSE_VALUES = {
+    b"Connection": [b"keep-alive", b"close", b"Upgrade", b"X-Foo", b"keep-alive, X-Foo, ETag", b"Keep-Alive"],
+    b"Content-Length": [b"0", b"3", b"10"],
+    b"Transfer-Encoding": [b"chunked", b"gzip, chunked", b"identity"],
+    b"Upgrade": [b"websocket", b"h2c"],
+}
+STATUS_LINES = [
+    b"HTTP/1.1 200 OK",
+    b"HTTP/1.1 200",
+    b"HTTP/1.1 200 ",
+    b"HTTP/1.1 201  Made it ",
+    b"HTTP/1.0 200 OK",
+    b"HTTP/1.1 204 No Content",
+    b"HTTP/1.1 304 Not Modified",
+    b"HTTP/1.1 404 Nope",
+    b"HTTP/1.1 101 Switching Protocols",
+    b"HTTP/1.1 099 Odd",
+    b"HTTP/1.1 500 \xe9rreur",
+]
+INTERIM = [b"", b"", b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n"]
+
+
+@st.composite
+def responses(draw: st.DrawFn) -> tuple[str, list[bytes], bool]:
+    """A request, the upstream's answer to it (perhaps broken, perhaps with more after it) in reads, and whether
+    the upstream then closes the connection."""
+    request = draw(st.sampled_from(sorted(REQUESTS)))
+    headers = []
+    for _ in range(draw(st.integers(0, 7))):
+        name = draw(st.sampled_from(RESPONSE_NAMES))
+        values = RESPONSE_VALUES.get(name, [b"text/plain", b"nginx", b"a=b; Path=/", b"1", b"", b'"etag"'])
+        value = draw(st.sampled_from(values))
+        headers.append(case(name, draw) + b":" + draw(st.sampled_from(OWS)) + value + draw(st.sampled_from(OWS[:2])))
+    framing = draw(st.sampled_from(["length", "length", "chunked", "none"]))
+    body = draw(st.binary(max_size=12))
+    if framing == "length":
+        headers.append(b"Content-Length: %d" % len(body))
+    elif framing == "chunked":
+        headers.append(b"Transfer-Encoding: chunked")
+        trailers = draw(st.sampled_from([b"", b"X-T: 1\r\n", b"Server:  x\r\n"]))
+        body = (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n" + trailers + b"\r\n"
+    head = draw(st.sampled_from(STATUS_LINES)) + b"".join(b"\r\n" + h for h in headers) + b"\r\n\r\n"
+    data = draw(st.sampled_from(INTERIM)) + head + body
+    data += draw(st.sampled_from([b"", b"", b"", b"HTTP/1.", b"HTTP/1.1 200 OK\r\nContent-Le", b"junk"]))
+    for _ in range(draw(st.sampled_from([0, 0, 0, 1, 2]))):  # hostile edits
+        at = draw(st.integers(0, len(data)))
+        noise = draw(st.sampled_from(NOISE))
+        data = data[:at] + noise + data[at + draw(st.integers(0, len(noise))) :]
+    cuts = sorted(draw(st.lists(st.integers(1, max(1, len(data) - 1)), max_size=4, unique=True)))
+    reads = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+    return request, [r for r in reads if r], draw(st.booleans())
+
+
+@dataclass
+class Answer:
+    client_got: bytes = b""  # everything written to the client: the proxy's head, then the body
+    client_closed: bool = False
+    status: int = 0  # the exchange's
+    done: bool = False  # the exchange was answered and is gone from the queue
+    reused: bool = False  # the upstream connection went back to the pool
+
+
+def answer(make: Callable[[Any], Any], srv: ProxyServer, request: str, reads: list[bytes], eof: bool) -> Answer:
+    srv.chooser.state.current = INITIAL
+    pool = srv.pools[Color.BLUE]
+    upstream = make(pool)
+    upstream.connection_made(Recorder())
+    pool.idle[:] = [upstream]
+    conn = ClientConnection(srv)
+    client_transport = Recorder()
+    client_transport.protocol = conn
+    conn.connection_made(client_transport)
+    conn.data_received(REQUESTS[request])
+    ex = conn.queue[0]
+    for data in reads:
+        if upstream.client is None:  # answered (or failed): what follows goes nowhere
+            break
+        upstream.data_received(data)
+    if eof and upstream.client is not None:
+        upstream.connection_lost(None)
+    got = b"".join(client_transport.written)
+    srv.connections.discard(conn)  # (it counts towards MAX_CONNECTIONS)
+    return Answer(got, client_transport.closed, ex.status, not conn.queue, pool.idle == [upstream])
+
+
+def normalised_response(got: bytes) -> bytes:
+    """The client's bytes with each head's header lines written "name: value" (as the per-header path did)."""
+    out = []
+    rest = got
+    while rest.startswith(b"HTTP/1.1 1"):  # interim heads first
+        head, _, rest = rest.partition(b"\r\n\r\n")
+        out.append(normalised(head + b"\r\n\r\n"))
+    head, sep, rest = rest.partition(b"\r\n\r\n")
+    out.append(normalised(head + sep) + rest)
+    return b"".join(out)
+
+
+@settings(
+    max_examples=EXAMPLES,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(case_=responses())
+def test_the_client_gets_what_the_per_header_path_sent(
+    server: ProxyServer, case_: tuple[str, list[bytes], bool]
+) -> None:
+    request, reads, eof = case_
+    old = answer(PerHeaderUpstream, server, request, reads, eof)
+    new = answer(UpstreamConnection, server, request, reads, eof)
+    assert normalised_response(old.client_got) == normalised_response(new.client_got), (case_, old, new)
+    assert (old.client_closed, old.status, old.done, old.reused) == (
+        new.client_closed,
+        new.status,
+        new.done,
+        new.reused,
+    ), (case_, old, new)

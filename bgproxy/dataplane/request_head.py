@@ -125,7 +125,7 @@ def read_request(parser: httptools.HttpRequestParser, head: bytes, peer: bytes, 
         raise Reject(414, "request target too long")
     # Header bytes as MAX_HEADER_BYTES counts them are at most the lines' bytes and one per line (a line "a:"
     # counts 5): only a head that close to the limit is counted line by line.
-    if len(head) - len(line) - 5 + end > srv.max_header_bytes:
+    if len(head) + end > srv.max_header_bytes:
         if sum(map(field_bytes, lines[1:end])) > srv.max_header_bytes:
             raise Reject(431, "request headers too large")
     line_kinds = srv.line_kinds

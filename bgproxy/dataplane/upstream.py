@@ -181,7 +181,8 @@ class UpstreamConnection(asyncio.Protocol):
             self._reusable = False
 
     def _head(self) -> bytes:
-        """The response head llhttp has just reported complete, from its status line to its empty line."""
+        """The response head llhttp has just reported complete, from its status line to its empty line, when it
+        began in an earlier read or after empty lines (on_headers_complete takes the common case itself)."""
         data = self._data
         if self._parts:  # it began in an earlier read
             tail = self._tail
@@ -214,9 +215,20 @@ class UpstreamConnection(asyncio.Protocol):
         client = self.client
         assert ex is not None and client is not None
         status = self.parser.get_status_code()
-        lines = self._head().split(b"\r\n")  # the status line, each header line, then b"", b""
+        data = self._data
+        at = self._head_at
+        if self._parts or data[at] <= 13:  # the head began in an earlier read, or after empty lines
+            head = self._head()
+        else:
+            end = data.find(b"\r\n\r\n", at) + 4
+            if end == 3:
+                raise ValueError("response head out of step with the parser")  # never guessed: a protocol error
+            self._head_at = end  # an interim response's head may be followed by the next one
+            head = data[at:end]
+        lines = head.split(b"\r\n")  # the status line, each header line, then b"", b""
         del lines[-2:]
-        lines[0] = status_line(lines[0], status)
+        first = lines[0]
+        lines[0] = _STATUS_LINES.get(first) or status_line(first, status)
         line_kinds = self.pool.line_kinds
         known = line_kinds.kinds
         length: bytes | None = None

@@ -12,8 +12,7 @@ from typing import TYPE_CHECKING, Final
 from ..core.addresses import Upstream
 from ..core.model import Color
 from ..core.stats import ColorStats
-from .headers import LineKinds
-from .upstream import RESPONSE_KINDS, UpstreamConnection
+from .upstream import UpstreamConnection
 
 if TYPE_CHECKING:
     from prometheus_client import Counter
@@ -43,7 +42,6 @@ class UpstreamPool:
         self.host_header = upstream.host_header.encode()
         self._ssl = ssl.create_default_context() if upstream.scheme == "https" else None
         self.idle: list[UpstreamConnection] = []
-        self.line_kinds = LineKinds(RESPONSE_KINDS)  # response header lines seen before (upstream.py)
 
     def take(self) -> UpstreamConnection | None:
         """The most recently used idle connection: the least likely to have been closed by the upstream."""

@@ -249,7 +249,7 @@ async def head_pending(app: Bgproxy) -> None:
     """Until the proxy has read part of a head and waits for the rest (so that the next send is a read of its own)."""
     assert app.proxy is not None
     async with asyncio.timeout(TIMEOUT):
-        while not any(conn.held for conn in app.proxy.connections):  # noqa: ASYNC110 - bounded poll
+        while not any(conn.head_raw for conn in app.proxy.connections):  # noqa: ASYNC110 - bounded poll
             await asyncio.sleep(0.01)
 
 
@@ -282,9 +282,9 @@ async def test_oversized_trailers_are_refused(strict_proxy: Bgproxy, recording_u
         async with asyncio.timeout(TIMEOUT):
             while b"abc" not in recording_upstream.received:  # noqa: ASYNC110 - bounded poll
                 await asyncio.sleep(0.01)
-        # Small sends, each likely a read of its own, so no single read is over the limit; the 19th trailer takes
-        # them past 2048 bytes as it ends. Nothing more is sent: the answer comes first.
-        for i in range(19):
+        # Small sends, each likely a read of its own, so no single read is over the limit; the 19th trailer
+        # (reported once the 20th begins) takes them past 2048 bytes. Nothing more is sent: the answer comes first.
+        for i in range(20):
             await c.send(b"X-T%d: %s\r\n" % (i, b"t" * 100))
             await asyncio.sleep(0)
         status, headers, _ = await c.read_response()

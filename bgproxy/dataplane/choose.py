@@ -54,7 +54,8 @@ class Chooser:
     ) -> tuple[UpstreamPool, bytes, bool]:
         """The pool of the colour that serves this request, the Set-Cookie line its response carries (or b""), and
         whether it goes there as a preview (not live traffic: it does not keep a colour from being drained)."""
-        if preview is not None or (cookie is not None and self.preview_bytes in cookie):
+        # (bytes.find, not `in`: `in` first tries the needle as an int and formats the TypeError it clears)
+        if preview is not None or (cookie is not None and cookie.find(self.preview_bytes) >= 0):
             asked = preview_color(state, self._preview(preview, cookie, xff, peer))
             if asked is not None:
                 return self.pools[asked], b"", True
@@ -62,7 +63,7 @@ class Chooser:
         if weight <= 0 or weight >= MAX_WEIGHT:
             return self.pools[choose(state, None, 0)], b"", False
         bucket = None
-        if cookie is not None and self.sticky_bytes and self.sticky_bytes in cookie:
+        if cookie is not None and self.sticky_bytes and cookie.find(self.sticky_bytes) >= 0:
             bucket = buckets.from_cookie(cookie_value(cookie.decode("latin-1"), self.sticky_cookie))
         if bucket is None and sticky:  # an empty value is no id: hashed, it would put every such client in one bucket
             bucket = buckets.from_header(sticky)

@@ -1,10 +1,12 @@
 """One client connection (usually from the Ingress), read top to bottom as the path of its requests.
 
-httptools parses each request head; `read_request` checks it, chooses its colour once (on the state object of that
-instant) and rewrites the head into an `Exchange`; the exchange takes a connection from its colour's pool and the
-body streams on to it; the response streams back from the upstream side (upstream.py). Requests pipelined on one
-connection queue behind each other and are answered in order. Backpressure both ways: a side whose write buffer is
-full pauses reading on the other (flow.py). What the proxy answers itself is in refusals.py, websockets in tunnel.py.
+llhttp (httptools) validates every request without a callback per header: the read is fed to it in pieces whose ends
+the proxy knows (`_feed`), and each complete head is handed whole to `read_request`, which checks it, chooses its
+colour once (on the state object of that instant) and rewrites the head into an `Exchange`; the exchange takes a
+connection from its colour's pool and the body streams on to it; the response streams back from the upstream side
+(upstream.py). Requests pipelined on one connection queue behind each other and are answered in order. Backpressure
+both ways: a side whose write buffer is full pauses reading on the other (flow.py). What the proxy answers itself is
+in refusals.py, websockets in tunnel.py.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import asyncio
 import logging
 from collections import deque
 from time import perf_counter
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
@@ -23,7 +25,7 @@ from .exchange import Exchange
 from .flow import PENDING, PENDING_LIMIT, QUEUE, UPSTREAM_FULL, ReadGate
 from .headers import LAST_CHUNK, chunk
 from .refusals import Deadline, Reject, error_response
-from .request_head import DROP, Special, head_bytes, head_incomplete, read_request
+from .request_head import NotOneHead, field_bytes, head_incomplete, read_request, request_target
 from .tunnel import UpgradeWait, start_tunnel
 
 if TYPE_CHECKING:
@@ -31,8 +33,26 @@ if TYPE_CHECKING:
     from .upstream import UpstreamConnection
 
 access_logger = logging.getLogger("bgproxy.access")
-# Plain-int module constants for the per-request path (exact ints compare on CPython's fast path).
-NO_DEADLINE, HEAD, IDLE, EXCHANGE = (int(k) for k in Deadline)
+# Plain-int module constants for the per-request path (exact ints compare on CPython's fast path; Final, so that a
+# compiled build reads them from C statics rather than the module's dict).
+NO_DEADLINE: Final = int(Deadline.NONE)
+HEAD_DEADLINE: Final = int(Deadline.HEAD)
+IDLE: Final = int(Deadline.IDLE)
+EXCHANGE: Final = int(Deadline.EXCHANGE)
+
+# Where the client's byte stream stands (`ClientConnection._feed`).
+START: Final = 0  # before a request line (llhttp skips CR and LF there)
+HEAD: Final = 1  # inside a request head
+LENGTH: Final = 2  # inside a body of known length: `remaining` bytes to go
+CHUNK_LINE: Final = 3  # at or inside a chunk-size line
+CHUNK_DATA: Final = 4  # inside a chunk's data and the CRLF after it: `remaining` bytes to go
+TRAILERS: Final = 5  # inside the trailer section that ends a chunked body
+AGAIN: Final = -1  # (data_received: what was fed as one head was more; parsed again in pieces)
+CR: Final = 13
+LF: Final = 10
+BIG_PIECE: Final = 4096  # a piece of a read longer than this is fed as a view, not copied
+# llhttp and the proxy's reading of where a request stands disagree: never guess, refuse.
+OUT_OF_STEP: Final = "invalid request: framing out of step with the parser"
 
 
 class ClientConnection(asyncio.Protocol):
@@ -55,15 +75,18 @@ class ClientConnection(asyncio.Protocol):
         self.peer = b""
         self.closed = False  # closed, or closing: nothing more is written or read
         self.write_paused = False
-        # The request head as it arrives: the upstream's head in `head` ([4 slots for the request line] + name,
-        # ": ", value, CRLF per header), and the headers that need a look in `special`.
-        self.url = b""
-        self.head: list[bytes] = []
-        self.special: list[Special] = []
-        self.in_head = False
-        self.counting = False  # this read is large enough to carry an oversized head: count header bytes
-        self.head_size = 0
-        self.head_raw = 0  # bytes of the earlier reads of a head that spans reads
+        # Where the request stream stands (see _feed), and the bytes of a head (or a chunk or trailer line) that
+        # earlier reads brought: `held` of them, the last three in `tail` (a CRLF, or CRLF CRLF, may straddle reads).
+        self.fstate = START
+        self.remaining = 0
+        self.parts: list[bytes] = []
+        self.held = 0
+        self.tail = b""
+        self.line_open = False  # the held head's request line has not ended yet
+        self.head = b""  # a complete head, for on_headers_complete
+        self.messages = 0  # requests llhttp reported complete
+        self.fed_from = 0  # where in the read the piece llhttp is fed begins (an upgrade's rest follows it)
+        self.trailer_bytes = 0
         self.body_seen = False  # a chunked body: this read carried body bytes
         self.framing = 0  # ...and bytes since the last body bytes (chunk headers, trailers)
         self._out: list[bytes] = []
@@ -87,25 +110,53 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
-        # A read this small cannot hold too many header bytes ("a:" CRLF, 4 bytes, counts 5): headers are then
-        # not counted one by one (the head's size is checked once, when it spans reads).
-        self.counting = len(data) > self.server.count_reads_over
+        upgrade = -1
         try:
-            self.parser.feed_data(data)
+            if self.fstate == START and data[0] > CR and data.endswith(b"\r\n\r\n"):
+                # Most reads are one whole head: fed at once, and read_request checks that no other one follows.
+                self.fstate = HEAD
+                self.head = data
+                self.fed_from = 0
+                try:
+                    self.parser.feed_data(data)
+                except httptools.HttpParserCallbackError as exc:
+                    if not isinstance(exc.__context__, NotOneHead):
+                        raise
+                    self.fstate = AGAIN
+                state = self.fstate
+                if state == START:  # a bodiless request: its head went out whole, nothing is gathered
+                    self.progress = True
+                    return
+                if state == AGAIN:
+                    # A head and more (a pipelined request, a body): nothing was taken from the read yet. (Parsed
+                    # again outside the handler, so that an exception raised then keeps its own context.)
+                    self.parser = httptools.HttpRequestParser(self)
+                    self.fstate = START
+                    self._feed(data)
+                elif state == HEAD:
+                    raise Reject(400, OUT_OF_STEP)
+            else:
+                self._feed(data)
         except httptools.HttpParserUpgrade as exc:
-            self._flush()
-            self._upgrade(data[exc.args[0] :])
-            return
+            upgrade = self.fed_from + exc.args[0]
         except httptools.HttpParserError as exc:
             self._flush()
             refusals.bad_request(self, exc)
             return
+        except Reject as reject:
+            self._flush()
+            refusals.refuse_request(self, reject)
+            return
+        if upgrade >= 0:  # (outside the handler: what the rest of the read raises keeps its own context)
+            self._flush()
+            self._upgrade(data[upgrade:])
+            return
         if self._out:  # body pieces gathered during this read
             self._flush()
         self.progress = True
-        if self.in_head:
-            head_incomplete(self, len(data))
-        elif self.deadline_kind == IDLE:  # bytes, but no request yet (part of a method, empty lines)
+        if self.fstate == HEAD:
+            head_incomplete(self)
+        elif self.deadline_kind == IDLE:  # bytes, but no request yet (empty lines)
             self.set_head_deadline()
         elif self.parsing is not None and self.parsing.chunked:
             refusals.framing_read(self, len(data))
@@ -133,48 +184,151 @@ class ClientConnection(asyncio.Protocol):
             conn.resume_reading()
         self.progress = True
 
-    # -- httptools callbacks: the request -----------------------------------------------------------------
+    # -- the request stream, in pieces ----------------------------------------------------------------------
 
-    def on_url(self, url: bytes) -> None:
-        # The target is the first part of a request httptools reports: its first piece starts a new head
-        # (one callback fewer per request than on_message_begin).
-        if self.in_head:
-            url = self.url + url
+    def _feed(self, data: bytes) -> None:
+        """Feed llhttp one read in pieces that end where a head, a body, a chunk's data or a chunk or trailer line
+        ends, so that the proxy knows where each head lies without a callback per header. llhttp judges every byte;
+        after each piece its callbacks must agree with where the proxy thinks the request stands, or it is refused.
+        """
+        n = len(data)
+        pos = 0
+        while pos < n and not self.closed:
+            state = self.fstate
+            if state <= HEAD:
+                pos = self._head_piece(data, pos, n)
+            elif state == LENGTH or state == CHUNK_DATA:
+                take = self.remaining
+                if take > n - pos:
+                    take = n - pos
+                self.remaining -= take
+                done = self.messages
+                self._parse(data, pos, pos + take)
+                pos += take
+                if not self.remaining:
+                    if state == LENGTH:
+                        self.fstate = START
+                        done += 1
+                    else:
+                        self.fstate = CHUNK_LINE
+                if self.messages != done:
+                    raise Reject(400, OUT_OF_STEP)
+            else:
+                pos = self._line_piece(data, pos, n)
+
+    def _parse(self, data: bytes, start: int, end: int) -> None:
+        self.fed_from = start
+        if start == 0 and end == len(data):
+            self.parser.feed_data(data)
+        elif end - start > BIG_PIECE:
+            self.parser.feed_data(memoryview(data)[start:end])
         else:
-            self.in_head = True
-            self.head = [b"", b"", b"", b""]
-            self.special = []
-            self.head_size = 0
-            self.head_raw = 0
-        self.url = url
-        if len(url) > self.server.max_request_line:
-            raise Reject(414, "request target too long")
+            self.parser.feed_data(data[start:end])
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self.counting or not self.in_head:  # a large read, or a chunked body's trailers (dropped)
-            self.head_size += len(name) + len(value) + 4
-            if self.head_size > self.server.max_header_bytes:
-                raise Reject(431, "request headers too large" if self.in_head else "request trailers too large")
-            if not self.in_head:
-                return
-        # Sorted on arrival: most headers go straight into the upstream's head, in their order.
-        kind = self.server.watch.get(name.lower())
-        if kind is None:
-            self.head.extend((name, b": ", value, b"\r\n"))
-            return
-        if kind < DROP:
-            self.head.extend((name, b": ", value, b"\r\n"))
-        self.special.append((kind, name, value))
+    def _head_piece(self, data: bytes, pos: int, n: int) -> int:
+        """Up to the end of a head (the first CRLF CRLF: llhttp takes no bare LF and no folded line), or the whole
+        read if the head goes on; returns where the piece ended."""
+        begin = pos
+        if self.fstate == START:
+            while pos < n and (data[pos] == CR or data[pos] == LF):
+                pos += 1
+            if pos == n:
+                self._parse(data, begin, n)
+                return n
+            self.fstate = HEAD
+            self.line_open = True
+            found = data.find(b"\r\n\r\n", pos)
+            end = found + 4 if found >= 0 else -1
+        else:  # the head began in an earlier read (and this read begins at pos 0)
+            tail = self.tail
+            found = (tail + data[:3]).find(b"\r\n\r\n")  # CRLF CRLF across the two reads
+            if found >= 0:
+                end = found - len(tail) + 4
+            else:
+                found = data.find(b"\r\n\r\n")
+                end = found + 4 if found >= 0 else -1
+        if end < 0:
+            self._parse(data, begin, n)
+            ended = self.line_open and ((self.tail[-1:] == b"\r" and data[pos] == LF) or data.find(b"\r\n", pos) >= 0)
+            self._hold(data, pos, n)
+            if ended:  # the request line is complete: its target can be judged now
+                self.line_open = False
+                target = request_target(b"".join(self.parts).partition(b"\r\n")[0], self.parser.get_method())
+                if len(target) > self.server.max_request_line:
+                    raise Reject(414, "request target too long")
+            return n
+        if self.parts:
+            self.head = b"".join(self.parts) + data[:end]
+            self._release()
+        else:
+            self.head = data if pos == 0 and end == n else data[pos:end]
+        self._parse(data, begin, end)  # on_headers_complete takes self.head
+        if self.fstate == HEAD:
+            raise Reject(400, OUT_OF_STEP)
+        return end
+
+    def _line_piece(self, data: bytes, pos: int, n: int) -> int:
+        """A chunk-size or trailer line, fed up to its CRLF and then read (llhttp has judged it by then)."""
+        if self.parts and self.tail[-1:] == b"\r" and data[pos] == LF:
+            end = pos + 1
+        else:
+            end = data.find(b"\r\n", pos)
+            if end < 0:
+                self._parse(data, pos, n)
+                self._hold(data, pos, n)
+                return n
+            end += 2
+        done = self.messages
+        self._parse(data, pos, end)
+        if self.parts:
+            line = (b"".join(self.parts) + data[pos:end])[:-2]
+            self._release()
+        else:
+            line = data[pos : end - 2]
+        if self.fstate == CHUNK_LINE:
+            semi = line.find(b";")
+            size = int(line[:semi] if semi >= 0 else line, 16)
+            if size:
+                self.fstate = CHUNK_DATA
+                self.remaining = size + 2  # and the CRLF after the data
+            else:
+                self.fstate = TRAILERS
+        elif line:
+            self.trailer_bytes += field_bytes(line)
+            if self.trailer_bytes > self.server.max_header_bytes:
+                raise Reject(431, "request trailers too large")
+        else:  # the empty line that ends a chunked body
+            self.fstate = START
+            done += 1
+        if self.messages != done:
+            raise Reject(400, OUT_OF_STEP)
+        return end
+
+    def _hold(self, data: bytes, start: int, end: int) -> None:
+        """Keep what this read brought of a head or line that a later read ends."""
+        piece = data if start == 0 and end == len(data) else data[start:end]
+        self.parts.append(piece)
+        self.held += end - start
+        self.tail = (self.tail + piece[-3:])[-3:]
+
+    def _release(self) -> None:
+        self.parts = []
+        self.held = 0
+        self.tail = b""
+
+    # -- httptools callbacks: the request (no header callbacks: see _feed) ------------------------------------
 
     def on_headers_complete(self) -> None:
-        self.in_head = False
-        srv = self.server
-        if self.head_raw and head_bytes(self.head, self.special) > srv.max_header_bytes:
-            raise Reject(431, "request headers too large")
-        self.head_size = 0  # from here on, trailers are counted
-        ex = read_request(self.parser, self.url, self.head, self.special, self.peer, srv.chooser)
-        self.head.clear()  # nothing of the head stays on an idle keep-alive connection
-        self.special.clear()
+        ex = read_request(self.parser, self.head, self.peer, self.server)
+        self.head = b""  # nothing of the head stays on an idle keep-alive connection
+        if ex.chunked:
+            self.fstate = CHUNK_LINE
+            self.trailer_bytes = 0
+        elif ex.length > 0:
+            self.fstate = LENGTH
+            self.remaining = ex.length
+        else:
+            self.fstate = START
         self.parsing = ex
         queue = self.queue
         queue.append(ex)
@@ -201,6 +355,7 @@ class ClientConnection(asyncio.Protocol):
             self.gate.pause(PENDING)
 
     def on_message_complete(self) -> None:
+        self.messages += 1
         ex = self.parsing
         if ex is None:
             return
@@ -311,7 +466,7 @@ class ClientConnection(asyncio.Protocol):
         elif self.server.draining:
             self.closed = True
             self.transport.close()
-        elif self.in_head:  # a pipelined head is still arriving
+        elif self.fstate == HEAD:  # a pipelined head is still arriving
             self.set_head_deadline()
         else:
             self.deadline_kind = IDLE
@@ -319,7 +474,7 @@ class ClientConnection(asyncio.Protocol):
 
     def set_head_deadline(self) -> None:
         # Absolute, not refreshed by progress: a client dribbling a byte at a time must still finish in time.
-        self.deadline_kind = HEAD
+        self.deadline_kind = HEAD_DEADLINE
         self.deadline = self.loop.time() + self.server.header_timeout
 
     # -- what the upstream side calls (exchange.Downstream) ------------------------------------------------
@@ -352,6 +507,8 @@ class ClientConnection(asyncio.Protocol):
         if ex is not None and ex.ignore_upgrade:
             # Not a websocket: the Upgrade header was dropped as hop-by-hop; parse on as plain HTTP.
             self.parser = httptools.HttpRequestParser(self)
+            self.fstate = START
+            self._release()
             if rest:
                 self.data_received(rest)
             return

@@ -50,6 +50,7 @@ class Exchange:
         "http10",
         "ignore_upgrade",
         "keep_alive",
+        "length",
         "method",
         "path",
         "pending",
@@ -76,6 +77,7 @@ class Exchange:
         self.http10 = False
         self.keep_alive = True
         self.has_body = False
+        self.length = 0  # of the request body by its Content-Length; -1 when chunked
         self.chunked = False
         self.expect_continue = False
         self.websocket = False

@@ -23,9 +23,6 @@ HOP_BY_HOP: Final = frozenset(
     }
 )
 RESPONSE_DROP: Final = HOP_BY_HOP | {b"content-length"}
-# The lengths of RESPONSE_DROP's names, one bit each: a name of another length (Date, Server, Content-Type, ETag...,
-# most of a response's headers) cannot be among them, and is passed on without lowering and hashing it.
-RESPONSE_DROP_LENGTHS: Final = sum(1 << n for n in {len(name) for name in RESPONSE_DROP})
 # X-Forwarded-For is rewritten (appended to) rather than passed through.
 REQUEST_DROP: Final = RESPONSE_DROP | {b"x-forwarded-for"}
 _CONNECTION_OPTIONS: Final = frozenset({b"close", b"keep-alive", b"upgrade", b""})
@@ -45,15 +42,6 @@ def connection_tokens(value: bytes) -> frozenset[bytes]:
     return frozenset(names - _CONNECTION_OPTIONS)
 
 
-def drop_named(lines: list[bytes], drop: frozenset[bytes]) -> list[bytes]:
-    """Header lines (name, ": ", value, CRLF per header), in order, without the named ones."""
-    out: list[bytes] = []
-    for i in range(0, len(lines), 4):
-        if lines[i].lower() not in drop:
-            out += lines[i : i + 4]
-    return out
-
-
 def has_token(value: bytes, token: bytes) -> bool:
     return any(t.strip().lower() == token for t in value.split(b","))
 
@@ -64,3 +52,42 @@ def chunk(body: bytes) -> tuple[bytes, bytes, bytes]:
 
 
 LAST_CHUNK: Final = b"0\r\n\r\n"
+
+
+# Header lines repeat from message to message (the same client, the same Ingress, the same upstream), and most are
+# of no interest to the proxy: a line seen before is classified by one dict lookup, without finding its name, and
+# the value of one of interest is looked up too. Bounded in count and length (lines are the peers' to choose);
+# emptied when full.
+KNOWN_LINES: Final = 1024
+KNOWN_LINE_LENGTH: Final = 256
+
+
+class LineKinds:
+    """Header lines (as sent, without CRLF) -> what kind of header they are (0: none the proxy looks at), and the
+    value of those of some kind (as llhttp reports it: leading whitespace dropped)."""
+
+    __slots__ = ("kinds", "names", "values")
+
+    def __init__(self, names: dict[bytes, int]) -> None:
+        self.names = names  # lower-case header name -> kind
+        self.kinds: dict[bytes, int] = {}
+        self.values: dict[bytes, bytes] = {}
+
+    def kind(self, line: bytes) -> int:
+        """The kind of a line not seen before (the fast path is `kinds.get(line)`, then `values[line]`)."""
+        name, _, value = line.partition(b":")
+        kind = self.names.get(name.lower(), 0)
+        kinds = self.kinds
+        if len(kinds) >= KNOWN_LINES:
+            kinds.clear()
+            self.values.clear()
+        if len(line) <= KNOWN_LINE_LENGTH:
+            kinds[line] = kind
+            if kind:
+                self.values[line] = value.lstrip(b" \t")
+        return kind
+
+    def value(self, line: bytes) -> bytes:
+        """The value of a line of some kind (as llhttp reports it: leading whitespace dropped)."""
+        value = self.values.get(line)
+        return value if value is not None else line.partition(b":")[2].lstrip(b" \t")

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Final
 from ..core.addresses import Upstream
 from ..core.model import Color
 from ..core.stats import ColorStats
-from .upstream import UpstreamConnection
+from .headers import LineKinds
+from .upstream import RESPONSE_KINDS, UpstreamConnection
 
 if TYPE_CHECKING:
     from prometheus_client import Counter
@@ -42,6 +43,7 @@ class UpstreamPool:
         self.host_header = upstream.host_header.encode()
         self._ssl = ssl.create_default_context() if upstream.scheme == "https" else None
         self.idle: list[UpstreamConnection] = []
+        self.line_kinds = LineKinds(RESPONSE_KINDS)  # response header lines seen before (upstream.py)
 
     def take(self) -> UpstreamConnection | None:
         """The most recently used idle connection: the least likely to have been closed by the upstream."""

@@ -64,6 +64,11 @@ def bad_request(conn: ClientConnection, exc: httptools.HttpParserError) -> None:
         status = 501 if "Request has invalid `Transfer-Encoding`" in detail else 400
         reject = Reject(status, f"invalid request: {detail}")
     conn.parser = httptools.HttpRequestParser(conn)  # never parse past garbage
+    refuse_request(conn, reject)
+
+
+def refuse_request(conn: ClientConnection, reject: Reject) -> None:
+    """A request the proxy will not forward: logged, then answered (`refuse`)."""
     log(logger, "bad_request", level=logging.INFO, status=reject.status, reason=reject.reason, peer=conn.peer.decode())
     refuse(conn, reject.status, reject.reason)
 
@@ -100,9 +105,9 @@ def refuse(conn: ClientConnection, status: int, reason: str) -> None:
 
 
 def framing_read(conn: ClientConnection, received: int) -> None:
-    """A read of a chunked request body. Trailers count against MAX_HEADER_BYTES as each one ends (`on_header`),
-    but httptools buffers a trailer until it ends: reads that carried no body bytes (chunk headers, trailers) are
-    bounded like a head's raw bytes, so an endless trailer line is refused too."""
+    """A read of a chunked request body. Trailers count against MAX_HEADER_BYTES as each one ends, but a chunk or
+    trailer line is held until it ends: reads that carried no body bytes (chunk lines, trailers) are bounded like a
+    head's raw bytes, so an endless trailer line is refused too."""
     if conn.body_seen:
         conn.body_seen = False
         conn.framing = 0

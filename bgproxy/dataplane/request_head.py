@@ -1,25 +1,29 @@
 """The request head as the upstream gets it: which headers need a look, the checks that refuse a request before it
 is forwarded, and the rewrite (hop-by-hop headers out; X-Forwarded-*, Host and framing declared by the proxy).
 
-Headers are sorted as they arrive (`ClientConnection.on_header`): most go straight into the upstream's head in
-their order; the few in `watch_table` are collected as (kind, name, value) and looked at once, here.
+llhttp (httptools) validates every request, but the proxy asks it for no header callbacks (a Python call per
+header was most of the per-request cost): once llhttp reports a head complete, `ClientConnection` hands over the
+head's bytes whole (client.py tracks where each head begins and ends) and `read_request` reads its lines once.
+Each line's kind comes from the server's `LineKinds` (one dict lookup for a line seen before); lines of no interest
+go to the upstream as they came (the whitespace after the colon included), in one piece of the head when none is
+left out. tests/dataplane/test_head_differential.py holds this against the per-header path it replaced.
 """
 
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import httptools
 
 from . import refusals
-from .choose import Chooser
 from .exchange import Exchange
-from .headers import IDEMPOTENT, REQUEST_DROP, connection_tokens, drop_named, has_token
+from .headers import IDEMPOTENT, REQUEST_DROP, connection_tokens, has_token
 from .refusals import Reject
 
 if TYPE_CHECKING:
     from .client import ClientConnection
+    from .server import ProxyServer
 
 
 class HeaderKind(enum.IntEnum):
@@ -39,15 +43,30 @@ class HeaderKind(enum.IntEnum):
     UPGRADE = 14
     XF_FOR = 15  # appended to, not passed through
     PROXY_CONNECTION = 16
+    END_OF_HEAD = 17  # an empty line before the end of what was handed over as one head (NotOneHead)
 
 
 # Plain-int module constants for the per-request path: comparing two exact ints is CPython's fast path, an IntEnum
-# member is not.
-HOST, XF_PROTO, XF_HOST, EXPECT, COOKIE, PREVIEW, STICKY = (int(k) for k in HeaderKind if k < HeaderKind.DROP)
-DROP, CONNECTION, TRANSFER_ENCODING, CONTENT_LENGTH, UPGRADE, XF_FOR, PROXY_CONNECTION = (
-    int(k) for k in HeaderKind if k >= HeaderKind.DROP
-)
-Special = tuple[int, bytes, bytes]  # (kind, name as sent, value)
+# member is not (and mypyc inlines Final ints).
+HOST: Final = 1
+XF_PROTO: Final = 2
+XF_HOST: Final = 3
+EXPECT: Final = 4
+COOKIE: Final = 5
+PREVIEW: Final = 6
+STICKY: Final = 7
+DROP: Final = 10
+CONNECTION: Final = 11
+TRANSFER_ENCODING: Final = 12
+CONTENT_LENGTH: Final = 13
+UPGRADE: Final = 14
+XF_FOR: Final = 15
+PROXY_CONNECTION: Final = 16
+END_OF_HEAD: Final = 17
+
+# What a header counts towards MAX_HEADER_BYTES beyond its name and its value (as llhttp reports the value: leading
+# whitespace dropped): ": " and CRLF.
+HEADER_OVERHEAD: Final = 4
 
 
 def watch_table(preview_header: str, sticky_header: str) -> dict[bytes, int]:
@@ -65,6 +84,7 @@ def watch_table(preview_header: str, sticky_header: str) -> dict[bytes, int]:
         b"upgrade": UPGRADE,
         b"x-forwarded-for": XF_FOR,
         b"proxy-connection": PROXY_CONNECTION,
+        b"": END_OF_HEAD,  # the empty line (no header has an empty name: llhttp refuses one)
     }
     if sticky_header:
         table[sticky_header.lower().encode()] = STICKY
@@ -73,51 +93,55 @@ def watch_table(preview_header: str, sticky_header: str) -> dict[bytes, int]:
     return table
 
 
-def head_bytes(head: list[bytes], special: list[Special]) -> int:
-    """Header bytes of a head (name, value and 4 per header), as MAX_HEADER_BYTES counts them."""
-    dropped = [(name, value) for kind, name, value in special if kind >= DROP]
-    return sum(map(len, head)) + sum(len(name) + len(value) + 4 for name, value in dropped)
+def field_bytes(line: bytes) -> int:
+    """What one header (or trailer) line, without its CRLF, counts towards MAX_HEADER_BYTES."""
+    name, _, value = line.partition(b":")
+    return len(name) + len(value.lstrip(b" \t")) + HEADER_OVERHEAD
 
 
-def head_incomplete(conn: ClientConnection, received: int) -> None:
-    """A read ended inside a request head: bound the head's size (httptools buffers a header until it ends)."""
-    if conn.head_raw:
-        conn.head_raw += received
-    else:  # the head began in this read, perhaps after the body of the request before it: count its own part
-        conn.head_raw = len(conn.url) + head_bytes(conn.head, conn.special)
-    srv = conn.server
-    if conn.head_raw > srv.max_request_line + srv.max_header_bytes:
-        refusals.refuse(conn, 431 if len(conn.head) > 4 or conn.special else 414, "request head too large")
-        return
-    if conn.deadline_kind != refusals.Deadline.HEAD and not conn.queue:  # behind an exchange, its deadline rules
-        conn.set_head_deadline()
+def request_target(line: bytes, method: bytes) -> bytes:
+    """The request target of a request line llhttp accepted: after the method and its spaces, up to the next space
+    (or the line's end, for HTTP/0.9)."""
+    rest = line[len(method) + 1 :]
+    if rest[:1] == b" ":
+        rest = rest.lstrip(b" ")
+    return rest.partition(b" ")[0]
 
 
-def read_request(
-    parser: httptools.HttpRequestParser,
-    url: bytes,
-    out: list[bytes],
-    special: list[Special],
-    peer: bytes,
-    chooser: Chooser,
-) -> Exchange:
-    """The exchange for a complete request head: checked, its colour chosen, its head rewritten for the upstream.
+class NotOneHead(Exception):
+    """What was handed over as a request head goes on after its empty line (a pipelined request or a body follows):
+    the read is parsed again, in pieces."""
 
-    `out` holds 4 empty slots for the request line, then name, ": ", value, CRLF per forwarded header. Raises
-    `Reject` for a request that must not be forwarded.
-    """
+
+def read_request(parser: httptools.HttpRequestParser, head: bytes, peer: bytes, srv: ProxyServer) -> Exchange:
+    """The exchange for a complete request head (its bytes from the method to the empty line): checked, its colour
+    chosen, its head rewritten for the upstream. Raises `Reject` for a request that must not be forwarded."""
     method = parser.get_method()
-    out[0] = method
-    out[1] = b" "
-    out[2] = url
-    out[3] = b" HTTP/1.1\r\n"
+    lines = head.split(b"\r\n")  # the request line, each header line, then the empty line and b""
+    end = len(lines) - 2  # (an empty line before that is found below, as END_OF_HEAD)
+    line = lines[0]
+    url = line[len(method) + 1 : -9]  # most request lines: the method, one space, the target, " HTTP/1.1"
+    # (bytes.find, not `in`: `in` first tries the needle as an int, and formats the TypeError it clears, per call)
+    if not line.endswith(b" HTTP/1.1") or not url or url.find(b" ") >= 0:
+        url = request_target(line, method)
+    if len(url) > srv.max_request_line:
+        raise Reject(414, "request target too long")
+    line_kinds = srv.line_kinds
+    known = line_kinds.kinds
+    values = line_kinds.values
     host = xff = conn_value = upgrade = te = length = preview = cookie = sticky = None
-    has_xfp = has_xfh = expect = proxy_connection = False
-    for kind, _, value in special:
+    has_xfp = has_xfh = expect = proxy_connection = two_hosts = False
+    dropped: list[bytes] = []
+    for field in lines[1:end]:
+        kind = known.get(field)
+        if kind is None:
+            kind = line_kinds.kind(field)
+        if not kind:  # most lines
+            continue
+        value = values.get(field) or line_kinds.value(field)
         if kind < DROP:
             if kind == HOST:
-                if host is not None:
-                    raise Reject(400, "more than one Host header")
+                two_hosts = two_hosts or host is not None
                 host = value
             elif kind == PREVIEW:
                 preview = value
@@ -131,7 +155,9 @@ def read_request(
                 expect = value.lower() == b"100-continue"
             elif kind == STICKY:
                 sticky = value
-        elif kind == CONNECTION:
+            continue
+        dropped.append(field)
+        if kind == CONNECTION:
             conn_value = value if conn_value is None else conn_value + b"," + value
         elif kind == XF_FOR:
             xff = value if xff is None else xff + b", " + value
@@ -143,6 +169,15 @@ def read_request(
             upgrade = value
         elif kind == PROXY_CONNECTION:
             proxy_connection = True
+        elif kind == END_OF_HEAD:
+            raise NotOneHead
+    # Header bytes as MAX_HEADER_BYTES counts them are at most the lines' bytes and one per line (a line "a:"
+    # counts 5): only a head that close to the limit is counted line by line.
+    if len(head) + end > srv.max_header_bytes:
+        if sum(map(field_bytes, lines[1:end])) > srv.max_header_bytes:
+            raise Reject(431, "request headers too large")
+    if two_hosts:
+        raise Reject(400, "more than one Host header")
     keep_alive = parser.should_keep_alive()
     # Keep-alive without a Connection (or Proxy-Connection, which llhttp reads alike) header is HTTP/1.1:
     # 1.0 needs "Connection: keep-alive". That spares get_http_version, which formats a string.
@@ -156,10 +191,20 @@ def read_request(
         raise Reject(501, f"Transfer-Encoding {te.decode('latin-1')!r} is not supported; use chunked")
     if method == b"CONNECT":
         raise Reject(405, "CONNECT is not supported by this proxy")
-    if conn_value is not None:
-        extra = connection_tokens(conn_value)
-        if extra:
-            out[4:] = drop_named(out[4:], extra)
+    # The lines forwarded as they came: one piece of the head, unless some are left out.
+    if dropped or conn_value is not None:
+        del lines[end:]
+        for field in dropped:  # (equal lines are of one kind: whichever goes first, all go)
+            lines.remove(field)
+        lines[0] = b""
+        if conn_value is not None:
+            extra = connection_tokens(conn_value)
+            if extra:  # more hop-by-hop headers, by name
+                lines[1:] = [f for f in lines[1:] if f.partition(b":")[0].lower() not in extra]
+        lines.append(b"")
+        block = b"\r\n".join(lines)
+    else:
+        block = head[len(line) : len(head) - 2]
     websocket = (
         upgrade is not None
         and conn_value is not None
@@ -167,21 +212,23 @@ def read_request(
         and has_token(conn_value, b"upgrade")
     )
     chunked = te is not None
-    has_body = chunked or (length is not None and length.strip(b"0") != b"")
+    body = int(length) if length is not None else 0  # llhttp accepted it: digits, perhaps trailing whitespace
+    has_body = chunked or body > 0
     ignore_upgrade = upgrade is not None and not websocket and parser.should_upgrade()
     if ignore_upgrade and has_body:
         raise Reject(501, "protocol upgrade with a request body is not supported")
 
     # The colour: the common case (no preview asked for, all ordinary traffic on the active colour) inline.
+    chooser = srv.chooser
     state = chooser.state.current
-    if preview is None and not state.weight and (cookie is None or chooser.preview_bytes not in cookie):
+    if preview is None and not state.weight and (cookie is None or cookie.find(chooser.preview_bytes) < 0):
         pool = chooser.pools[state.active]
         set_cookie = b""
         previewed = False
     else:
         pool, set_cookie, previewed = chooser.choose(state, preview, cookie, sticky, xff, peer)
 
-    out += (b"X-Forwarded-For: ", xff + b", " + peer if xff else peer, b"\r\n")
+    out = [method, b" ", url, b" HTTP/1.1", block, b"X-Forwarded-For: ", xff + b", " + peer if xff else peer, b"\r\n"]
     if not has_xfp:
         out.append(b"X-Forwarded-Proto: http\r\n")
     if host is None:
@@ -202,6 +249,7 @@ def read_request(
     ex.http10 = http10
     ex.keep_alive = keep_alive and not websocket
     ex.has_body = has_body
+    ex.length = -1 if chunked else body
     ex.chunked = chunked
     ex.expect_continue = expect
     ex.websocket = websocket
@@ -211,3 +259,14 @@ def read_request(
     if previewed:
         ex.preview = True
     return ex
+
+
+def head_incomplete(conn: ClientConnection) -> None:
+    """A read ended inside a request head: bound what is held of it (an overlong target is refused as soon as its
+    request line ends, by `ClientConnection._head_piece`)."""
+    srv = conn.server
+    if conn.held > srv.max_request_line + srv.max_header_bytes:
+        refusals.refuse_request(conn, Reject(414 if conn.line_open else 431, "request head too large"))
+        return
+    if conn.deadline_kind != refusals.Deadline.HEAD and not conn.queue:  # behind an exchange, its deadline rules
+        conn.set_head_deadline()

@@ -16,6 +16,7 @@ from ..metrics import ERROR_KINDS, Metrics
 from ..settings import Settings
 from .choose import Chooser, CurrentState
 from .client import ClientConnection
+from .headers import LineKinds
 from .pool import UpstreamPool
 from .refusals import Deadline, expire
 from .request_head import watch_table
@@ -55,12 +56,12 @@ class ProxyServer:
             sticky_cookie=settings.sticky_cookie,
         )
         self.watch = watch_table(settings.preview_header, settings.sticky_header)
+        self.line_kinds = LineKinds(self.watch)
         self.read_timeout = settings.upstream_read_timeout
         self.header_timeout = settings.header_timeout
         self.idle_timeout = settings.idle_timeout
         self.max_request_line = settings.max_request_line
         self.max_header_bytes = settings.max_header_bytes
-        self.count_reads_over = settings.max_header_bytes * 4 // 5
         self.max_connections = settings.max_connections
         self.access_log = settings.access_log
         self.connections: set[ClientConnection] = set()

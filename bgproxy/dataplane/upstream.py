@@ -2,6 +2,10 @@
 only the head (hop-by-hop headers out, the colour header in, framing re-declared) and passes body bytes straight to
 the client, everything one `data_received` produced in one `writelines`.
 
+llhttp validates the response, but is asked for no header callbacks: when it reports a head complete, the head is
+taken whole from the bytes received (it ends at the first CRLF CRLF: strict llhttp takes no bare LF and no folded
+line) and its lines are read once; those of no interest go to the client as they came.
+
 It serves one exchange at a time and talks to the client side only through `exchange.Downstream`.
 """
 
@@ -12,31 +16,43 @@ from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
-from .headers import (
-    LAST_CHUNK,
-    PLAIN_CONNECTION,
-    RESPONSE_DROP,
-    RESPONSE_DROP_LENGTHS,
-    chunk,
-    connection_tokens,
-    drop_named,
-)
+from .headers import LAST_CHUNK, PLAIN_CONNECTION, RESPONSE_DROP, chunk, connection_tokens
 
 if TYPE_CHECKING:
     from .exchange import Downstream, Exchange
     from .pool import UpstreamPool
 
-_STATUS_LINES: Final[dict[tuple[int, bytes], bytes]] = {}
+# Response headers the proxy looks at (the rest go to the client as they came): all are hop-by-hop or framing.
+CONTENT_LENGTH: Final = 1
+TRANSFER_ENCODING: Final = 2
+CONNECTION: Final = 3
+UPGRADE: Final = 4
+HOP: Final = 5
+RESPONSE_KINDS: Final = {name: HOP for name in RESPONSE_DROP} | {
+    b"content-length": CONTENT_LENGTH,
+    b"transfer-encoding": TRANSFER_ENCODING,
+    b"connection": CONNECTION,
+    b"upgrade": UPGRADE,
+}
+# The first bytes of those names, either case: a line that begins otherwise needs no lookup at all.
+MAY_MATTER: Final = bytes(
+    1 if any(name[:1] in (bytes([c]), bytes([c]).lower()) for name in RESPONSE_KINDS) else 0 for c in range(256)
+)
+
+# Status lines as the upstream sent them -> as the client gets them ("HTTP/1.1 <code> <reason>"); upstreams repeat
+# a handful, so each is built once. Bounded: reason phrases are free text.
+_STATUS_LINES: Final[dict[bytes, bytes]] = {}
 
 
-def status_line(status: int, reason: bytes) -> bytes:
-    """The status line as the client gets it; upstreams repeat a handful of them, so they are built once."""
-    line = _STATUS_LINES.get((status, reason))
-    if line is None:
-        line = b"HTTP/1.1 %d %s\r\n" % (status, reason)
-        if len(_STATUS_LINES) < 256:  # bounded: reason phrases are free text
-            _STATUS_LINES[(status, reason)] = line
-    return line
+def status_line(line: bytes, status: int) -> bytes:
+    """The client's status line for an upstream's (which llhttp accepted: version, a space, three digits, then a
+    space and the reason, if any)."""
+    out = _STATUS_LINES.get(line)
+    if out is None:
+        out = b"HTTP/1.1 %d %s" % (status, line[line.find(b" ") + 5 :])
+        if len(_STATUS_LINES) < 256:
+            _STATUS_LINES[line] = out
+    return out
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -53,15 +69,13 @@ class UpstreamConnection(asyncio.Protocol):
         self.used = 0  # requests sent on this connection, to know whether a failure may be a stale reuse
         self.reading_paused = False  # by a client whose socket is full
         self.got_bytes = False
-        # The response head being built: [status line] + name, ": ", value, CRLF per header.
-        self._lines: list[bytes] = [b""]
-        self._framing: list[tuple[bytes, bytes]] = []  # hop-by-hop and framing headers, looked at once complete
-        self._reason = b""
-        # The status line of the last response and what it was built from: a connection's responses nearly always
-        # repeat it (200 OK), and then it costs two compares rather than a tuple and a dict lookup.
-        self._status = 0
-        self._status_reason = b""
-        self._status_line = b""
+        # Where the response head stands: this read (for on_headers_complete), where in it the next head begins,
+        # and what earlier reads brought of a head that spans reads (its last three bytes in `_tail`).
+        self._data = b""
+        self._head_at = 0
+        self._parts: list[bytes] = []
+        self._tail = b""
+        self._in_head = True
         self._out: list[bytes] = []
         self._chunked_out = False
         self._delimited = True  # the response has Content-Length or chunked framing
@@ -76,7 +90,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.ex = ex
         self.used += 1
         self.got_bytes = False
-        self._reason = b""  # nothing of an earlier exchange may reach this one's head
+        if self._parts:  # nothing of an earlier exchange may reach this one's head
+            self._parts = []
+        self._in_head = True
         self._complete = False
         self._delimited = True
 
@@ -109,6 +125,8 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.got_bytes = True
         client.progress = True  # the read timeout starts over
+        self._data = data
+        self._head_at = 0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -119,9 +137,22 @@ class UpstreamConnection(asyncio.Protocol):
             self._flush()
             self._fail("protocol", f"invalid response: {exc}")
             return
+        self._data = b""  # (an idle connection holds no read)
         self._flush()
         if self._complete:
             self._finish()
+        elif self._in_head:
+            self._hold(data)
+
+    def _hold(self, data: bytes) -> None:
+        """A read ended inside a response head: keep what it brought of it for the read that ends it."""
+        if self._head_at:
+            data = data[self._head_at :]
+        if not self._parts:
+            data = data.lstrip(b"\r\n")  # empty lines before a status line are no part of the head
+        if data:
+            self._parts.append(data)
+            self._tail = (self._tail + data[-3:])[-3:]
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
@@ -153,57 +184,94 @@ class UpstreamConnection(asyncio.Protocol):
             # Anything after the response asked for, even part of a status line: the upstream is confused, and
             # the connection must not carry the next exchange.
             self._reusable = False
-        self._lines = [b""]
-        self._framing = []
 
-    def on_status(self, reason: bytes) -> None:
-        self._reason += reason  # in pieces if the status line spans reads
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        # Sorted on arrival, so that completing the head touches only the few headers that matter.
-        if (RESPONSE_DROP_LENGTHS >> len(name)) & 1:
-            lname = name.lower()
-            if lname in RESPONSE_DROP:
-                self._framing.append((lname, value))
-                return
-        # Four appends: compiled, each is a direct list append, where extend() would build a tuple and iterate it.
-        lines = self._lines
-        lines.append(name)
-        lines.append(b": ")
-        lines.append(value)
-        lines.append(b"\r\n")
+    def _head(self) -> bytes:
+        """The response head llhttp has just reported complete, from its status line to its empty line, when it
+        began in an earlier read or after empty lines (on_headers_complete takes the common case itself)."""
+        data = self._data
+        if self._parts:  # it began in an earlier read
+            tail = self._tail
+            found = (tail + data[:3]).find(b"\r\n\r\n")  # the empty line may straddle the two reads
+            if found >= 0:
+                end = found + 4 - len(tail)
+            else:
+                found = data.find(b"\r\n\r\n")
+                end = found + 4
+            head = b"".join(self._parts) + data[:end]
+            self._parts = []
+            self._tail = b""
+        else:
+            at = self._head_at
+            while data[at] == 13 or data[at] == 10:  # empty lines, which llhttp skips before a status line
+                at += 1
+            found = data.find(b"\r\n\r\n", at)
+            end = found + 4
+            head = data[at:end]
+        if found < 0:
+            raise ValueError("response head out of step with the parser")  # never guessed: a protocol error
+        self._head_at = end  # an interim response's head may be followed by the next one
+        return head
 
     def on_headers_complete(self) -> None:
         if self._complete:
-            return  # a second response after the one asked for (see on_message_begin): it goes nowhere
+            self._reusable = False  # a second response after the one asked for: it goes nowhere
+            return
         ex = self.ex
         client = self.client
         assert ex is not None and client is not None
         status = self.parser.get_status_code()
-        out = self._lines
-        reason = self._reason
-        if status != self._status or reason != self._status_reason:
-            self._status, self._status_reason = status, reason
-            self._status_line = status_line(status, reason)
-        out[0] = self._status_line
-        self._reason = b""
-        if status < 200 and status != 101:
-            self._interim(status, ex, out)
-            return
+        data = self._data
+        at = self._head_at
+        if self._parts or data[at] <= 13:  # the head began in an earlier read, or after empty lines
+            head = self._head()
+        else:
+            end = data.find(b"\r\n\r\n", at) + 4
+            if end == 3:
+                raise ValueError("response head out of step with the parser")  # never guessed: a protocol error
+            self._head_at = end  # an interim response's head may be followed by the next one
+            head = data[at:end]
+        lines = head.split(b"\r\n")  # the status line, each header line, then b"", b""
+        del lines[-2:]
+        first = lines[0]
+        lines[0] = _STATUS_LINES.get(first) or status_line(first, status)
+        line_kinds = self.pool.line_kinds
+        known = line_kinds.kinds
+        values = line_kinds.values
         length: bytes | None = None
         chunked = False
         upgrade: bytes | None = None
-        for lname, value in self._framing:
-            if lname == b"content-length":
-                length = value
-            elif lname == b"transfer-encoding":
+        tokens: frozenset[bytes] | None = None
+        dropped: list[bytes] = []
+        for field in lines[1:]:
+            if not MAY_MATTER[field[0]]:  # most lines: no name the proxy looks at begins so
+                continue
+            kind = known.get(field)
+            if kind is None:
+                kind = line_kinds.kind(field)
+            if not kind:
+                continue
+            dropped.append(field)
+            if kind == CONTENT_LENGTH:
+                length = values.get(field) or line_kinds.value(field)
+            elif kind == TRANSFER_ENCODING:
                 chunked = True
-            elif lname == b"connection" and value not in PLAIN_CONNECTION:
-                if connection_tokens(value):  # it names more headers as hop-by-hop: rebuild without them
-                    out[1:] = drop_named(out[1:], connection_tokens(value))
-            elif lname == b"upgrade":
-                upgrade = value
-        out.append(self.pool.color_line)
+            elif kind == CONNECTION:
+                value = values.get(field) or line_kinds.value(field)
+                if value not in PLAIN_CONNECTION and connection_tokens(value):
+                    tokens = connection_tokens(value) if tokens is None else tokens | connection_tokens(value)
+            elif kind == UPGRADE:
+                upgrade = values.get(field) or line_kinds.value(field)
+        for field in dropped:  # (equal lines are of one kind: whichever goes first, all go)
+            lines.remove(field)
+        if tokens is not None:  # the Connection header names more headers as hop-by-hop
+            lines[1:] = [f for f in lines[1:] if f.partition(b":")[0].lower() not in tokens]
+        lines.append(b"")
+        head = b"\r\n".join(lines)  # the status line and the lines kept, each with its CRLF
+        if status < 200 and status != 101:
+            self._interim(status, ex, head)
+            return
+        self._in_head = False
+        out = [head, self.pool.color_line]
         if ex.set_cookie:
             out.append(ex.set_cookie)
         keep_alive = client.keep_alive_for(ex)
@@ -261,13 +329,13 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- helpers ------------------------------------------------------------------------------------------
 
-    def _interim(self, status: int, ex: Exchange, lines: list[bytes]) -> None:
+    def _interim(self, status: int, ex: Exchange, head: bytes) -> None:
         # 100 Continue goes to a client that asked for it; other 1xx (103) only to HTTP/1.1 clients.
         if status == 100:
             if ex.expect_continue:
                 self._out.append(b"HTTP/1.1 100 Continue\r\n\r\n")
         elif not ex.http10:
-            self._out += (*lines, b"\r\n")
+            self._out += (head, b"\r\n")
 
     def _flush(self) -> None:
         out = self._out

@@ -6,6 +6,7 @@ are Final: compiled, a Final is a C static rather than a lookup in the module's 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Final
 
 # Never forwarded as received: hop-by-hop, or framing that the proxy declares itself from what it parsed.
@@ -55,39 +56,47 @@ LAST_CHUNK: Final = b"0\r\n\r\n"
 
 
 # Header lines repeat from message to message (the same client, the same Ingress, the same upstream), and most are
-# of no interest to the proxy: a line seen before is classified by one dict lookup, without finding its name, and
-# the value of one of interest is looked up too. Bounded in count and length (lines are the peers' to choose);
-# emptied when full.
+# of no interest to the proxy: a line seen before is classified, and the value of one of interest found, by one dict
+# lookup, without finding its name; a line whose first and third bytes begin no name of interest needs no lookup at
+# all (that is most lines, and among them those that change with every request, such as X-Request-ID).
+# Bounded in count and length (lines are the peers' to choose); emptied when full.
 KNOWN_LINES: Final = 1024
 KNOWN_LINE_LENGTH: Final = 256
+NO_KIND: Final = (0, b"")
 
 
 class LineKinds:
-    """Header lines (as sent, without CRLF) -> what kind of header they are (0: none the proxy looks at), and the
-    value of those of some kind (as llhttp reports it: leading whitespace dropped)."""
+    """Header lines (as sent, without CRLF) -> (what kind of header they are (0: none the proxy looks at), and the
+    value of those of some kind, as llhttp reports it: leading whitespace dropped)."""
 
-    __slots__ = ("kinds", "names", "values")
+    __slots__ = ("known", "names", "pairs")
 
     def __init__(self, names: dict[bytes, int]) -> None:
         self.names = names  # lower-case header name -> kind
-        self.kinds: dict[bytes, int] = {}
-        self.values: dict[bytes, bytes] = {}
+        self.known: dict[bytes, tuple[int, bytes]] = {}
+        self.pairs = pair_table(names)
 
-    def kind(self, line: bytes) -> int:
-        """The kind of a line not seen before (the fast path is `kinds.get(line)`, then `values[line]`)."""
+    def kind(self, line: bytes) -> tuple[int, bytes]:
+        """The kind and value of a line not seen before (the fast path is `known.get(line)`)."""
         name, _, value = line.partition(b":")
         kind = self.names.get(name.lower(), 0)
-        kinds = self.kinds
-        if len(kinds) >= KNOWN_LINES:
-            kinds.clear()
-            self.values.clear()
+        entry = (kind, value.lstrip(b" \t")) if kind else NO_KIND
+        known = self.known
+        if len(known) >= KNOWN_LINES:
+            known.clear()
         if len(line) <= KNOWN_LINE_LENGTH:
-            kinds[line] = kind
-            if kind:
-                self.values[line] = value.lstrip(b" \t")
-        return kind
+            known[line] = entry
+        return entry
 
-    def value(self, line: bytes) -> bytes:
-        """The value of a line of some kind (as llhttp reports it: leading whitespace dropped)."""
-        value = self.values.get(line)
-        return value if value is not None else line.partition(b":")[2].lstrip(b" \t")
+
+def pair_table(names: Iterable[bytes]) -> bytes:
+    """1 at `line[0] << 8 | line[2]` for the lines (at least three bytes long) that may begin with one of these names,
+    in any case: their first and third bytes (a name of two bytes is followed by its colon; one of one byte, by
+    anything)."""
+    table = bytearray(1 << 16)
+    for name in names:
+        thirds = name[2:3] or (b":" if len(name) == 2 else bytes(range(256)))
+        for first in {name[0], *name[:1].upper(), *name[:1].lower()}:
+            for third in {*thirds, *thirds.upper(), *thirds.lower()}:
+                table[first << 8 | third] = 1
+    return bytes(table)

@@ -4,9 +4,10 @@ is forwarded, and the rewrite (hop-by-hop headers out; X-Forwarded-*, Host and f
 llhttp (httptools) validates every request, but the proxy asks it for no header callbacks (a Python call per
 header was most of the per-request cost): once llhttp reports a head complete, `ClientConnection` hands over the
 head's bytes whole (client.py tracks where each head begins and ends) and `read_request` reads its lines once.
-Each line's kind comes from the server's `LineKinds` (one dict lookup for a line seen before); lines of no interest
-go to the upstream as they came (the whitespace after the colon included), in one piece of the head when none is
-left out. tests/dataplane/test_head_differential.py holds this against the per-header path it replaced.
+Each line's kind comes from the server's `LineKinds` (one dict lookup for a line seen before, none for a line whose
+first and third bytes begin no name of interest); lines of no interest go to the upstream as they came (the
+whitespace after the colon included), as pieces of the head between the lines left out.
+tests/dataplane/test_head_differential.py holds this against the per-header path it replaced.
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ class HeaderKind(enum.IntEnum):
     UPGRADE = 14
     XF_FOR = 15  # appended to, not passed through
     PROXY_CONNECTION = 16
-    END_OF_HEAD = 17  # an empty line before the end of what was handed over as one head (NotOneHead)
 
 
 # Plain-int module constants for the per-request path: comparing two exact ints is CPython's fast path, an IntEnum
@@ -62,7 +62,6 @@ CONTENT_LENGTH: Final = 13
 UPGRADE: Final = 14
 XF_FOR: Final = 15
 PROXY_CONNECTION: Final = 16
-END_OF_HEAD: Final = 17
 
 # What a header counts towards MAX_HEADER_BYTES beyond its name and its value (as llhttp reports the value: leading
 # whitespace dropped): ": " and CRLF.
@@ -84,7 +83,6 @@ def watch_table(preview_header: str, sticky_header: str) -> dict[bytes, int]:
         b"upgrade": UPGRADE,
         b"x-forwarded-for": XF_FOR,
         b"proxy-connection": PROXY_CONNECTION,
-        b"": END_OF_HEAD,  # the empty line (no header has an empty name: llhttp refuses one)
     }
     if sticky_header:
         table[sticky_header.lower().encode()] = STICKY
@@ -118,27 +116,35 @@ def read_request(parser: httptools.HttpRequestParser, head: bytes, peer: bytes, 
     chosen, its head rewritten for the upstream. Raises `Reject` for a request that must not be forwarded."""
     method = parser.get_method()
     lines = head.split(b"\r\n")  # the request line, each header line, then the empty line and b""
-    end = len(lines) - 2  # (an empty line before that is found below, as END_OF_HEAD)
+    end = len(lines) - 2  # (an empty line before that is found below: NotOneHead)
     line = lines[0]
     url = line[len(method) + 1 : -9]  # most request lines: the method, one space, the target, " HTTP/1.1"
     # (bytes.find, not `in`: `in` first tries the needle as an int, and formats the TypeError it clears, per call)
-    if not line.endswith(b" HTTP/1.1") or not url or url.find(b" ") >= 0:
+    http11 = line.endswith(b" HTTP/1.1")
+    if not http11 or not url or url.find(b" ") >= 0:
         url = request_target(line, method)
     if len(url) > srv.max_request_line:
         raise Reject(414, "request target too long")
     line_kinds = srv.line_kinds
-    known = line_kinds.kinds
-    values = line_kinds.values
+    known = line_kinds.known
+    pairs = line_kinds.pairs
     host = xff = conn_value = upgrade = te = length = preview = cookie = sticky = None
     has_xfp = has_xfh = expect = proxy_connection = two_hosts = False
-    dropped: list[bytes] = []
+    cuts: list[int] = []  # where each line left out begins and ends in the head, with the CRLF before it
+    at = len(line)  # where the CRLF before the next line is
     for field in lines[1:end]:
-        kind = known.get(field)
-        if kind is None:
-            kind = line_kinds.kind(field)
-        if not kind:  # most lines
+        start = at
+        at += len(field) + 2
+        if not field:  # an empty line before the end of what was handed over as one head
+            raise NotOneHead
+        if len(field) > 2 and not pairs[field[0] << 8 | field[2]]:  # most lines: no name of interest begins so
             continue
-        value = values.get(field) or line_kinds.value(field)
+        entry = known.get(field)
+        if entry is None:
+            entry = line_kinds.kind(field)
+        kind, value = entry
+        if not kind:
+            continue
         if kind < DROP:
             if kind == HOST:
                 two_hosts = two_hosts or host is not None
@@ -156,7 +162,8 @@ def read_request(parser: httptools.HttpRequestParser, head: bytes, peer: bytes, 
             elif kind == STICKY:
                 sticky = value
             continue
-        dropped.append(field)
+        cuts.append(start)
+        cuts.append(at)
         if kind == CONNECTION:
             conn_value = value if conn_value is None else conn_value + b"," + value
         elif kind == XF_FOR:
@@ -169,8 +176,6 @@ def read_request(parser: httptools.HttpRequestParser, head: bytes, peer: bytes, 
             upgrade = value
         elif kind == PROXY_CONNECTION:
             proxy_connection = True
-        elif kind == END_OF_HEAD:
-            raise NotOneHead
     # Header bytes as MAX_HEADER_BYTES counts them are at most the lines' bytes and one per line (a line "a:"
     # counts 5): only a head that close to the limit is counted line by line.
     if len(head) + end > srv.max_header_bytes:
@@ -178,33 +183,38 @@ def read_request(parser: httptools.HttpRequestParser, head: bytes, peer: bytes, 
             raise Reject(431, "request headers too large")
     if two_hosts:
         raise Reject(400, "more than one Host header")
-    keep_alive = parser.should_keep_alive()
-    # Keep-alive without a Connection (or Proxy-Connection, which llhttp reads alike) header is HTTP/1.1:
-    # 1.0 needs "Connection: keep-alive". That spares get_http_version, which formats a string.
-    if keep_alive and conn_value is None and not proxy_connection:
+    if http11 and conn_value is None and not proxy_connection:
+        # HTTP/1.1 with no Connection header (nor Proxy-Connection, which llhttp reads alike) is kept alive: no
+        # call to ask llhttp that.
+        keep_alive = True
         http10 = False
     else:
-        http10 = parser.get_http_version() == "1.0"
+        keep_alive = parser.should_keep_alive()
+        # Keep-alive without a Connection header is HTTP/1.1: 1.0 needs "Connection: keep-alive". That spares
+        # get_http_version, which formats a string.
+        if keep_alive and conn_value is None and not proxy_connection:
+            http10 = False
+        else:
+            http10 = parser.get_http_version() == "1.0"
     if host is None and not http10:
         raise Reject(400, "missing Host header")
     if te is not None and te.strip().lower() != b"chunked":
         raise Reject(501, f"Transfer-Encoding {te.decode('latin-1')!r} is not supported; use chunked")
     if method == b"CONNECT":
         raise Reject(405, "CONNECT is not supported by this proxy")
-    # The lines forwarded as they came: one piece of the head, unless some are left out.
-    if dropped or conn_value is not None:
-        del lines[end:]
-        for field in dropped:  # (equal lines are of one kind: whichever goes first, all go)
-            lines.remove(field)
-        lines[0] = b""
-        if conn_value is not None:
-            extra = connection_tokens(conn_value)
-            if extra:  # more hop-by-hop headers, by name
-                lines[1:] = [f for f in lines[1:] if f.partition(b":")[0].lower() not in extra]
-        lines.append(b"")
-        block = b"\r\n".join(lines)
-    else:
-        block = head[len(line) : len(head) - 2]
+    # The lines forwarded as they came, whitespace and all: pieces of the head between the lines left out.
+    pos = len(line)
+    block: list[bytes] = []
+    for i in range(0, len(cuts), 2):
+        if cuts[i] > pos:
+            block.append(head[pos : cuts[i]])
+        pos = cuts[i + 1]
+    block.append(head[pos : len(head) - 2])  # (up to the CRLF that ends the last line)
+    if conn_value is not None:
+        extra = connection_tokens(conn_value)
+        if extra:  # more hop-by-hop headers, by name (rare): the lines kept so far, filtered
+            kept = b"".join(block).split(b"\r\n")  # b"", each line, b""
+            block = [b"\r\n".join([f for f in kept if f.partition(b":")[0].lower() not in extra])]
     websocket = (
         upgrade is not None
         and conn_value is not None
@@ -228,7 +238,9 @@ def read_request(parser: httptools.HttpRequestParser, head: bytes, peer: bytes, 
     else:
         pool, set_cookie, previewed = chooser.choose(state, preview, cookie, sticky, xff, peer)
 
-    out = [method, b" ", url, b" HTTP/1.1", block, b"X-Forwarded-For: ", xff + b", " + peer if xff else peer, b"\r\n"]
+    out = [method, b" ", url, b" HTTP/1.1"]
+    out += block
+    out += (b"X-Forwarded-For: ", xff + b", " + peer if xff else peer, b"\r\n")
     if not has_xfp:
         out.append(b"X-Forwarded-Proto: http\r\n")
     if host is None:

@@ -34,11 +34,6 @@ RESPONSE_KINDS: Final = {name: HOP for name in RESPONSE_DROP} | {
     b"connection": CONNECTION,
     b"upgrade": UPGRADE,
 }
-# The first bytes of those names, either case: a line that begins otherwise needs no lookup at all.
-MAY_MATTER: Final = bytes(
-    1 if any(name[:1] in (bytes([c]), bytes([c]).lower()) for name in RESPONSE_KINDS) else 0 for c in range(256)
-)
-
 # Status lines as the upstream sent them -> as the client gets them ("HTTP/1.1 <code> <reason>"); upstreams repeat
 # a handful, so each is built once. Bounded: reason phrases are free text.
 _STATUS_LINES: Final[dict[bytes, bytes]] = {}
@@ -231,47 +226,50 @@ class UpstreamConnection(asyncio.Protocol):
             self._head_at = end  # an interim response's head may be followed by the next one
             head = data[at:end]
         lines = head.split(b"\r\n")  # the status line, each header line, then b"", b""
-        del lines[-2:]
         first = lines[0]
-        lines[0] = _STATUS_LINES.get(first) or status_line(first, status)
         line_kinds = self.pool.line_kinds
-        known = line_kinds.kinds
-        values = line_kinds.values
+        known = line_kinds.known
+        pairs = line_kinds.pairs
         length: bytes | None = None
         chunked = False
         upgrade: bytes | None = None
         tokens: frozenset[bytes] | None = None
-        dropped: list[bytes] = []
-        for field in lines[1:]:
-            if not MAY_MATTER[field[0]]:  # most lines: no name the proxy looks at begins so
+        # The lines kept as they came: pieces of the head between the lines left out (each with the CRLF before it)
+        out = [_STATUS_LINES.get(first) or status_line(first, status)]
+        pos = at = len(first)  # (where the CRLF before the next line is)
+        for i in range(1, len(lines) - 2):
+            field = lines[i]
+            start = at
+            at += len(field) + 2
+            if len(field) > 2 and not pairs[field[0] << 8 | field[2]]:  # most lines: no name of interest begins so
                 continue
-            kind = known.get(field)
-            if kind is None:
-                kind = line_kinds.kind(field)
+            entry = known.get(field)
+            if entry is None:
+                entry = line_kinds.kind(field)
+            kind, value = entry
             if not kind:
                 continue
-            dropped.append(field)
+            if start > pos:
+                out.append(head[pos:start])
+            pos = at
             if kind == CONTENT_LENGTH:
-                length = values.get(field) or line_kinds.value(field)
+                length = value
             elif kind == TRANSFER_ENCODING:
                 chunked = True
             elif kind == CONNECTION:
-                value = values.get(field) or line_kinds.value(field)
                 if value not in PLAIN_CONNECTION and connection_tokens(value):
                     tokens = connection_tokens(value) if tokens is None else tokens | connection_tokens(value)
             elif kind == UPGRADE:
-                upgrade = values.get(field) or line_kinds.value(field)
-        for field in dropped:  # (equal lines are of one kind: whichever goes first, all go)
-            lines.remove(field)
-        if tokens is not None:  # the Connection header names more headers as hop-by-hop
-            lines[1:] = [f for f in lines[1:] if f.partition(b":")[0].lower() not in tokens]
-        lines.append(b"")
-        head = b"\r\n".join(lines)  # the status line and the lines kept, each with its CRLF
+                upgrade = value
+        out.append(head[pos : len(head) - 2])  # (up to the CRLF that ends the last line)
+        if tokens is not None:  # the Connection header names more headers as hop-by-hop (rare): those left out too
+            kept = b"".join(out[1:]).split(b"\r\n")  # b"", each line kept, b""
+            out[1:] = [b"\r\n".join([f for f in kept if f.partition(b":")[0].lower() not in tokens])]
         if status < 200 and status != 101:
-            self._interim(status, ex, head)
+            self._interim(status, ex, b"".join(out))
             return
         self._in_head = False
-        out = [head, self.pool.color_line]
+        out.append(self.pool.color_line)
         if ex.set_cookie:
             out.append(ex.set_cookie)
         keep_alive = client.keep_alive_for(ex)

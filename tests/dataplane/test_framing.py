@@ -78,6 +78,9 @@ CASES = {
     "two-hosts": (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
     "garbage": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400),
     "connect": (b"CONNECT internal:22 HTTP/1.1\r\nHost: internal:22\r\n\r\n", 405),
+    # HTTP/2's preface, or a PRI request that llhttp never finishes: refused at once, not left to time out.
+    "h2-preface": (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400),
+    "pri-as-1.1": (b"PRI / HTTP/1.1\r\n\r\n", 400),
     "long-target": (b"GET /" + b"a" * 600 + b" HTTP/1.1\r\nHost: h\r\n\r\n", 414),
     "large-headers": (b"GET / HTTP/1.1\r\nHost: h\r\n" + b"X-Big: " + b"b" * 3000 + b"\r\n\r\n", 431),
     # 1,800 bytes on the wire, 2,250 as header bytes count (name + value + 4): over the 2,048 limit in one read.

@@ -477,7 +477,7 @@ class ClientConnection(asyncio.Protocol):
         self.deadline_kind = HEAD_DEADLINE
         self.deadline = self.loop.time() + self.server.header_timeout
 
-    # -- what the upstream side calls (exchange.Downstream) ------------------------------------------------
+    # -- what the upstream side calls ----------------------------------------------------------------------
 
     def upstream_failed(self, ex: Exchange, conn: UpstreamConnection, kind: str, reason: str) -> None:
         if ex.response_done or self.closed:

@@ -1,12 +1,10 @@
-"""One request and its response (`Exchange`), and the small interface the upstream side uses to talk back to the
-client side (`Downstream`), so that the upstream module never imports the client one.
-"""
+"""One request and its response (`Exchange`), created by the client side and answered by the upstream side."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from .pool import UpstreamPool
@@ -16,25 +14,6 @@ if TYPE_CHECKING:
 # Final: compiled, a C static rather than a lookup in the module's dict per request. perf_counter, as uvloop's clock
 # moves in whole milliseconds: too coarse for durations.
 perf_counter: Final = time.perf_counter
-
-
-class Downstream(Protocol):
-    """What an upstream connection needs from the client connection its exchange came from."""
-
-    transport: asyncio.Transport
-    progress: bool  # set on every read: the exchange's read timeout starts over
-
-    def keep_alive_for(self, ex: Exchange) -> bool: ...
-
-    def response_complete(self, ex: Exchange) -> None: ...
-
-    def upstream_failed(self, ex: Exchange, conn: UpstreamConnection, kind: str, reason: str) -> None: ...
-
-    def start_tunnel(self, conn: UpstreamConnection, rest: bytes) -> None: ...
-
-    def pause_reading_for_upstream(self) -> None: ...
-
-    def resume_reading_for_upstream(self) -> None: ...
 
 
 class Exchange:

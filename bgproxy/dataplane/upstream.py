@@ -6,7 +6,8 @@ llhttp validates the response, but is asked for no header callbacks: when it rep
 taken whole from the bytes received (it ends at the first CRLF CRLF: strict llhttp takes no bare LF and no folded
 line) and its lines are read once; those of no interest go to the client as they came.
 
-It serves one exchange at a time and talks to the client side only through `exchange.Downstream`.
+It serves one exchange at a time for a `ClientConnection`, which it names for types only (never imports it): compiled,
+its calls to the client side are C calls rather than Python method calls.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import httptools
 from .headers import LAST_CHUNK, PLAIN_CONNECTION, RESPONSE_DROP, chunk, connection_tokens
 
 if TYPE_CHECKING:
-    from .exchange import Downstream, Exchange
+    from .client import ClientConnection
+    from .exchange import Exchange
     from .pool import UpstreamPool
 
 # Response headers the proxy looks at (the rest go to the client as they came): all are hop-by-hop or framing.
@@ -59,7 +61,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool = pool
         self.closed = False
         self.parser = httptools.HttpResponseParser(self)
-        self.client: Downstream | None = None
+        self.client: ClientConnection | None = None
         self.ex: Exchange | None = None
         self.used = 0  # requests sent on this connection, to know whether a failure may be a stale reuse
         self.reading_paused = False  # by a client whose socket is full
@@ -80,7 +82,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- binding ------------------------------------------------------------------------------------------
 
-    def bind(self, client: Downstream, ex: Exchange) -> None:
+    def bind(self, client: ClientConnection, ex: Exchange) -> None:
         self.client = client
         self.ex = ex
         self.used += 1

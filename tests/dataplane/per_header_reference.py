@@ -59,7 +59,7 @@ from bgproxy.dataplane.request_head import (
 from bgproxy.dataplane.tunnel import UpgradeWait
 
 if TYPE_CHECKING:
-    from bgproxy.dataplane.exchange import Downstream
+    from bgproxy.dataplane.client import ClientConnection
     from bgproxy.dataplane.pool import UpstreamPool
     from bgproxy.dataplane.server import ProxyServer
     from bgproxy.dataplane.upstream import UpstreamConnection
@@ -568,7 +568,7 @@ class PerHeaderUpstream(asyncio.Protocol):
         self.pool = pool
         self.closed = False
         self.parser = httptools.HttpResponseParser(self)
-        self.client: Downstream | None = None
+        self.client: ClientConnection | None = None
         self.ex: Exchange | None = None
         self.used = 0  # requests sent on this connection, to know whether a failure may be a stale reuse
         self.reading_paused = False  # by a client whose socket is full
@@ -586,7 +586,7 @@ class PerHeaderUpstream(asyncio.Protocol):
 
     # -- binding ------------------------------------------------------------------------------------------
 
-    def bind(self, client: Downstream, ex: Exchange) -> None:
+    def bind(self, client: ClientConnection, ex: Exchange) -> None:
         self.client = client
         self.ex = ex
         self.used += 1

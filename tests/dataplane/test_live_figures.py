@@ -71,7 +71,7 @@ def test_the_bucket_is_the_first_bound_at_or_above_the_duration() -> None:
     """The written-out search agrees with `bisect_left` everywhere, on the bounds themselves included."""
     rng = random.Random(3)
     probes = [*BOUNDS, *(math.nextafter(b, -math.inf) for b in BOUNDS), *(math.nextafter(b, math.inf) for b in BOUNDS)]
-    probes += [-1.0, 0.0, math.inf, *(10 ** rng.uniform(-8, 5) for _ in range(5000))]
+    probes += [-1.0, 0.0, math.inf, math.nan, LATENCY_MAX, *(10 ** rng.uniform(-8, 5) for _ in range(20000))]
     for v in probes:
         assert latency_bucket(v) == bisect_left(BOUNDS, v), v
 

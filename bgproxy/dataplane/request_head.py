@@ -12,7 +12,6 @@ tests/dataplane/test_head_differential.py holds this against the per-header path
 
 from __future__ import annotations
 
-import enum
 from typing import TYPE_CHECKING, Final
 
 import httptools
@@ -27,27 +26,8 @@ if TYPE_CHECKING:
     from .server import ProxyServer
 
 
-class HeaderKind(enum.IntEnum):
-    """Request headers that need a look. Below DROP they are forwarded as they came; from DROP on they are not."""
-
-    HOST = 1
-    XF_PROTO = 2
-    XF_HOST = 3
-    EXPECT = 4
-    COOKIE = 5
-    PREVIEW = 6
-    STICKY = 7
-    DROP = 10  # hop-by-hop, or framing the proxy declares itself
-    CONNECTION = 11
-    TRANSFER_ENCODING = 12
-    CONTENT_LENGTH = 13
-    UPGRADE = 14
-    XF_FOR = 15  # appended to, not passed through
-    PROXY_CONNECTION = 16
-
-
-# Plain-int module constants for the per-request path: comparing two exact ints is CPython's fast path, an IntEnum
-# member is not (and mypyc inlines Final ints).
+# Request headers that need a look: below DROP they are forwarded as they came; from DROP on they are not. Plain-int
+# module constants for the per-request path (comparing two exact ints is CPython's fast path; mypyc inlines Final ints).
 HOST: Final = 1
 XF_PROTO: Final = 2
 XF_HOST: Final = 3
@@ -55,12 +35,12 @@ EXPECT: Final = 4
 COOKIE: Final = 5
 PREVIEW: Final = 6
 STICKY: Final = 7
-DROP: Final = 10
+DROP: Final = 10  # hop-by-hop, or framing the proxy declares itself
 CONNECTION: Final = 11
 TRANSFER_ENCODING: Final = 12
 CONTENT_LENGTH: Final = 13
 UPGRADE: Final = 14
-XF_FOR: Final = 15
+XF_FOR: Final = 15  # appended to, not passed through
 PROXY_CONNECTION: Final = 16
 
 # What a header counts towards MAX_HEADER_BYTES beyond its name and its value (as llhttp reports the value: leading

@@ -46,6 +46,7 @@ PROXY_CONNECTION: Final = 16
 # What a header counts towards MAX_HEADER_BYTES beyond its name and its value (as llhttp reports the value: leading
 # whitespace dropped): ": " and CRLF.
 HEADER_OVERHEAD: Final = 4
+SPACE: Final = 32
 
 
 def watch_table(preview_header: str, sticky_header: str) -> dict[bytes, int]:
@@ -99,9 +100,9 @@ def read_request(parser: httptools.HttpRequestParser, head: bytes, peer: bytes, 
     end = len(lines) - 2  # (an empty line before that is found below: NotOneHead)
     line = lines[0]
     url = line[len(method) + 1 : -9]  # most request lines: the method, one space, the target, " HTTP/1.1"
-    # (bytes.find, not `in`: `in` first tries the needle as an int, and formats the TypeError it clears, per call)
     http11 = line.endswith(b" HTTP/1.1")
-    if not http11 or not url or url.find(b" ") >= 0:
+    # llhttp refuses a space inside the target but takes more than one around it: those show at the slice's ends.
+    if not http11 or not url or url[0] == SPACE or url[-1] == SPACE:
         url = request_target(line, method)
     if len(url) > srv.max_request_line:
         raise Reject(414, "request target too long")
@@ -182,19 +183,20 @@ def read_request(parser: httptools.HttpRequestParser, head: bytes, peer: bytes, 
         raise Reject(501, f"Transfer-Encoding {te.decode('latin-1')!r} is not supported; use chunked")
     if method == b"CONNECT":
         raise Reject(405, "CONNECT is not supported by this proxy")
-    # The lines forwarded as they came, whitespace and all: pieces of the head between the lines left out.
+    # The request line, then the lines forwarded as they came, whitespace and all: pieces of the head between the
+    # lines left out.
+    out = [method, b" ", url, b" HTTP/1.1"]
     pos = len(line)
-    block: list[bytes] = []
     for i in range(0, len(cuts), 2):
         if cuts[i] > pos:
-            block.append(head[pos : cuts[i]])
+            out.append(head[pos : cuts[i]])
         pos = cuts[i + 1]
-    block.append(head[pos : len(head) - 2])  # (up to the CRLF that ends the last line)
+    out.append(head[pos : len(head) - 2])  # (up to the CRLF that ends the last line)
     if conn_value is not None:
         extra = connection_tokens(conn_value)
         if extra:  # more hop-by-hop headers, by name (rare): the lines kept so far, filtered
-            kept = b"".join(block).split(b"\r\n")  # b"", each line, b""
-            block = [b"\r\n".join([f for f in kept if f.partition(b":")[0].lower() not in extra])]
+            kept = b"".join(out[4:]).split(b"\r\n")  # b"", each line, b""
+            out[4:] = [b"\r\n".join([f for f in kept if f.partition(b":")[0].lower() not in extra])]
     websocket = (
         upgrade is not None
         and conn_value is not None
@@ -218,8 +220,6 @@ def read_request(parser: httptools.HttpRequestParser, head: bytes, peer: bytes, 
     else:
         pool, set_cookie, previewed = chooser.choose(state, preview, cookie, sticky, xff, peer)
 
-    out = [method, b" ", url, b" HTTP/1.1"]
-    out += block
     out += (b"X-Forwarded-For: ", xff + b", " + peer if xff else peer, b"\r\n")
     if not has_xfp:
         out.append(b"X-Forwarded-Proto: http\r\n")
@@ -246,7 +246,7 @@ def read_request(parser: httptools.HttpRequestParser, head: bytes, peer: bytes, 
     ex.expect_continue = expect
     ex.websocket = websocket
     ex.ignore_upgrade = ignore_upgrade
-    ex.retryable = not has_body and method in IDEMPOTENT
+    ex.retryable = not has_body and (method == b"GET" or method in IDEMPOTENT)  # (GET: no hash of a new bytes)
     ex.set_cookie = set_cookie
     if previewed:
         ex.preview = True

@@ -259,7 +259,7 @@ class UpstreamConnection(asyncio.Protocol):
             elif kind == TRANSFER_ENCODING:
                 chunked = True
             elif kind == CONNECTION:
-                if value not in PLAIN_CONNECTION and connection_tokens(value):
+                if value != b"keep-alive" and value not in PLAIN_CONNECTION and connection_tokens(value):
                     tokens = connection_tokens(value) if tokens is None else tokens | connection_tokens(value)
             elif kind == UPGRADE:
                 upgrade = value

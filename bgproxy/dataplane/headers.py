@@ -56,37 +56,40 @@ LAST_CHUNK: Final = b"0\r\n\r\n"
 
 
 # Header lines repeat from message to message (the same client, the same Ingress, the same upstream), and most are
-# of no interest to the proxy: a line seen before is classified, and the value of one of interest found, by one dict
-# lookup, without finding its name; a line whose first and third bytes begin no name of interest needs no lookup at
-# all (that is most lines, and among them those that change with every request, such as X-Request-ID).
-# Bounded in count and length (lines are the peers' to choose); emptied when full.
-KNOWN_LINES: Final = 1024
+# of no interest to the proxy: a line whose first and third bytes begin no name of interest needs no look at all (most
+# lines, and among them those that change with every request, such as X-Request-ID); any other line seen before is
+# classified, and the value of one of interest found, without hashing it or finding its name: a slot picked by its
+# length and two of its bytes holds the last line seen there, compared whole (a collision is only a miss).
+# Bounded: a fixed number of slots, and lines no longer than KNOWN_LINE_LENGTH (lines are the peers' to choose).
+KNOWN_SLOTS: Final = 1024  # a power of two
 KNOWN_LINE_LENGTH: Final = 256
-NO_KIND: Final = (0, b"")
+_EMPTY_SLOT: Final = (b"", 0, b"")
 
 
 class LineKinds:
-    """Header lines (as sent, without CRLF) -> (what kind of header they are (0: none the proxy looks at), and the
-    value of those of some kind, as llhttp reports it: leading whitespace dropped)."""
+    """Header lines (as sent, without CRLF) -> what kind of header they are (0: none the proxy looks at), and the
+    value of those of some kind, as llhttp reports it: leading whitespace dropped."""
 
-    __slots__ = ("known", "names", "pairs")
+    __slots__ = ("names", "pairs", "slots")
 
     def __init__(self, names: dict[bytes, int]) -> None:
         self.names = names  # lower-case header name -> kind
-        self.known: dict[bytes, tuple[int, bytes]] = {}
         self.pairs = pair_table(names)
+        self.slots: list[tuple[bytes, int, bytes]] = [_EMPTY_SLOT] * KNOWN_SLOTS  # (line, kind, value)
 
-    def kind(self, line: bytes) -> tuple[int, bytes]:
-        """The kind and value of a line not seen before (the fast path is `known.get(line)`)."""
-        name, _, value = line.partition(b":")
+    def get(self, line: bytes) -> tuple[int, bytes]:
+        """The kind and value of a header line (not empty)."""
+        n = len(line)
+        slot = (n << 3 ^ line[n - 1] << 1 ^ line[n >> 1]) & (KNOWN_SLOTS - 1)
+        seen, kind, value = self.slots[slot]
+        if seen == line:
+            return kind, value
+        name, _, rest = line.partition(b":")
         kind = self.names.get(name.lower(), 0)
-        entry = (kind, value.lstrip(b" \t")) if kind else NO_KIND
-        known = self.known
-        if len(known) >= KNOWN_LINES:
-            known.clear()
-        if len(line) <= KNOWN_LINE_LENGTH:
-            known[line] = entry
-        return entry
+        value = rest.lstrip(b" \t") if kind else b""
+        if n <= KNOWN_LINE_LENGTH:
+            self.slots[slot] = (line, kind, value)
+        return kind, value
 
 
 def pair_table(names: Iterable[bytes]) -> bytes:

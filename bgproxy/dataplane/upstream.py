@@ -230,7 +230,6 @@ class UpstreamConnection(asyncio.Protocol):
         lines = head.split(b"\r\n")  # the status line, each header line, then b"", b""
         first = lines[0]
         line_kinds = self.pool.line_kinds
-        known = line_kinds.known
         pairs = line_kinds.pairs
         length: bytes | None = None
         chunked = False
@@ -245,10 +244,7 @@ class UpstreamConnection(asyncio.Protocol):
             at += len(field) + 2
             if len(field) > 2 and not pairs[field[0] << 8 | field[2]]:  # most lines: no name of interest begins so
                 continue
-            entry = known.get(field)
-            if entry is None:
-                entry = line_kinds.kind(field)
-            kind, value = entry
+            kind, value = line_kinds.get(field)
             if not kind:
                 continue
             if start > pos:

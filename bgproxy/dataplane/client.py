@@ -14,14 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from time import perf_counter
 from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
 from ..log import log
 from . import refusals
-from .exchange import Exchange
+from .exchange import Exchange, perf_counter
 from .flow import PENDING, PENDING_LIMIT, QUEUE, UPSTREAM_FULL, ReadGate
 from .headers import LAST_CHUNK, chunk
 from .refusals import Deadline, Reject, error_response

@@ -29,7 +29,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import origin, report, systems
-from .harness import REPO_ROOT, BenchError, Harness, Proc, free_ports, imported_from, source_tree, wait_http, wait_tcp
+from .harness import (
+    REPO_ROOT,
+    BenchError,
+    Harness,
+    Proc,
+    free_ports,
+    imported_from,
+    post_json,
+    source_tree,
+    wait_http,
+    wait_tcp,
+)
 from .wrk import INGRESS_HEADERS, run_wrk, write_stop_after_script
 
 START_TIMEOUT = 300.0  # python under valgrind imports slowly, more so on a busy machine
@@ -61,6 +72,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--warmup-requests", type=int, help="requests per path before counting (default 3000; quick 300)")
     g.add_argument("--rev", help="measure this commit of the repository (git archive) instead of the working tree")
     g.add_argument("--tree", type=Path, help="measure the bgproxy package of this checkout instead")
+    g.add_argument(
+        "--weight",
+        type=int,
+        default=0,
+        help="shift this share of traffic to green first (what a split costs; default 0)",
+    )
 
 
 def _describe(tree: Path, rev: str | None) -> str:
@@ -193,6 +210,8 @@ def measure(a: argparse.Namespace, h: Harness, tools: dict[str, str], tree: Path
     wait_http(admin_url + "/readyz", START_TIMEOUT, proc)
     if wait_http(url + "/small", START_TIMEOUT, proc) != origin.SMALL_BODY:
         raise BenchError("bgproxy relays a wrong body for /small")
+    if a.weight:  # forced: the health gate may not have probed green yet; both colours are the same origin anyway
+        post_json(admin_url + "/shift", {"weight": a.weight, "reason": "bench: instructions of a split", "force": True})
     cg = Callgrind(tools["callgrind_control"], proc, h.workdir)
     warmup = write_stop_after_script(h.workdir, a.warmup_requests)
     counted = write_stop_after_script(h.workdir, a.requests)
@@ -250,7 +269,12 @@ def render(rows: list[Row], meta: dict[str, object]) -> str:
         f"{meta['when']}: bgproxy {meta['measured']}, {meta['build']} ({meta['tree']}), {meta['valgrind']}, "
         f"Python {meta['python']}. "
         f"{meta['requests']} requests per run (wrk -t1 -c{CONNECTIONS}, plus those in flight when it stops) after "
-        f"{meta['warmup_requests']} uncounted per path; total Ir / requests bgproxy answered meanwhile.",
+        f"{meta['warmup_requests']} uncounted per path; total Ir / requests bgproxy answered meanwhile"
+        + (
+            f"; weight {meta['weight']} (a split: the sticky bucket of each request decides its colour)."
+            if meta.get("weight")
+            else "."
+        ),
         "",
         "| path | runs | instructions/request (median) | min | max | spread |",
         "|:--|--:|--:|--:|--:|--:|",
@@ -277,6 +301,7 @@ def run(a: argparse.Namespace, h: Harness, tools: dict[str, str]) -> dict[str, o
         "requests": a.requests,
         "warmup_requests": a.warmup_requests,
         "reps": a.reps,
+        "weight": a.weight,
     }
     payload: dict[str, object] = {
         "meta": meta,

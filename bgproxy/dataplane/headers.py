@@ -37,7 +37,8 @@ PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"C
 
 def connection_tokens(value: bytes) -> frozenset[bytes]:
     """Header names listed in a Connection header, beyond the options everyone uses: they are hop-by-hop too."""
-    if value in PLAIN_CONNECTION:  # nearly every response says just this
+    # Nearly every message says just this; the compare costs less than hashing a fresh bytes into the set.
+    if value == b"keep-alive" or value in PLAIN_CONNECTION:
         return _NO_TOKENS
     names = {t.strip().lower() for t in value.split(b",")}
     return frozenset(names - _CONNECTION_OPTIONS)

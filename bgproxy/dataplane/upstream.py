@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
-from .headers import LAST_CHUNK, PLAIN_CONNECTION, RESPONSE_DROP, chunk, connection_tokens
+from .headers import LAST_CHUNK, RESPONSE_DROP, chunk, connection_tokens
 
 if TYPE_CHECKING:
     from .client import ClientConnection
@@ -255,8 +255,9 @@ class UpstreamConnection(asyncio.Protocol):
             elif kind == TRANSFER_ENCODING:
                 chunked = True
             elif kind == CONNECTION:
-                if value != b"keep-alive" and value not in PLAIN_CONNECTION and connection_tokens(value):
-                    tokens = connection_tokens(value) if tokens is None else tokens | connection_tokens(value)
+                named = connection_tokens(value)
+                if named:
+                    tokens = named if tokens is None else tokens | named
             elif kind == UPGRADE:
                 upgrade = value
         out.append(head[pos : len(head) - 2])  # (up to the CRLF that ends the last line)

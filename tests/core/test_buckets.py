@@ -6,7 +6,7 @@ import random
 import zlib
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bgproxy.core import buckets
@@ -58,6 +58,7 @@ def test_no_cookie_holds_no_bucket() -> None:
 
 
 @given(st.text(max_size=6) | st.binary(max_size=6))
+@settings(deadline=None)  # a stall of a busy CI machine is no failure of from_cookie
 def test_from_cookie_is_none_or_a_bucket_for_any_input(value: str | bytes) -> None:
     got = buckets.from_cookie(value)
     assert got is None or (0 <= got < buckets.BUCKETS and isinstance(got, int))

@@ -1,9 +1,10 @@
 """The chaos driver: lanes of actions that run side by side for the whole soak.
 
-A `Lane` picks one of its actions (weighted), runs it, waits a random pause, and again, until the soak ends. An
-action is any `async (Soak) -> (result, detail)` with a name; `result` is `done`, `refused` (an answer that is
-right given the other faults in progress, e.g. 409 for a flip to a colour whose health is failing, 503 while the
-API server is down), or `failed` (what bgproxy should not have answered: it fails the soak).
+A `Lane` picks one of its actions (each in turn until it has been done once, then weighted), runs it, waits a
+random pause, and again, until the soak ends. An action is any `async (Soak) -> (result, detail)` with a name;
+`result` is `done`, `refused` (an answer that is right given the other faults in progress, e.g. 409 for a flip to a
+colour whose health is failing, 503 while the API server is down), or `failed` (what bgproxy should not have
+answered: it fails the soak).
 
 An action that changes the state goes through `Soak.state_change`: the timeline allows both colours from the
 moment it is asked for until every replica holds the same state again, and those changes never overlap. That is
@@ -109,13 +110,20 @@ class Lane:
             pass
         actions = [a for a, _ in self.actions]
         weights = [w for _, w in self.actions]
+        # Every kind in turn until it has been done once (one refused during an outage comes round again), then the
+        # weighted draw: a short soak cannot leave a kind out by chance.
+        pending = list(actions)
+        soak.rng.shuffle(pending)
         while not stop.is_set():
-            action = soak.rng.choices(actions, weights)[0]
+            turn = bool(pending)
+            action = pending.pop(0) if turn else soak.rng.choices(actions, weights)[0]
             start = time.monotonic()
             try:
                 result, detail = await action(soak)
             except Exception as exc:  # an action's own bug must not end the soak silently
                 result, detail = "failed", f"{type(exc).__name__}: {exc}"
+            if turn and result != "done":
+                pending.append(action)
             c = soak.cluster
             soak.events.append(ChaosEvent(self.name, action.name, c.rel(start), c.rel(), result, detail))
             try:

@@ -183,6 +183,11 @@ async def all_at(http: aiohttp.ClientSession, revision: int, *replicas: Replica)
     return all(s["revision"] == revision for s in await states(http, *replicas))
 
 
+async def all_past(http: aiohttp.ClientSession, revision: int, *replicas: Replica) -> bool:
+    """Every replica at `revision` or a later one (a step may fall due while the test waits)."""
+    return all(s["revision"] >= revision for s in await states(http, *replicas))
+
+
 def patch_data(**data: str) -> tuple[str, ...]:
     return ("patch", "configmap", CM, "--type", "merge", "-p", json.dumps({"data": data}))
 
@@ -525,10 +530,7 @@ async def test_kubectl_patch_of_weight_during_a_stepped_promotion_ends_it_on_bot
     step = await commits.wait(base + 2)
     assert step.data["weight"] == "20"
     # At least that step: a slow kubectl (above) may have let the next one fall due meanwhile.
-    async def both_past() -> bool:
-        return all(s["revision"] >= base + 2 for s in await states(http, a, b))
-
-    await until(both_past, "both replicas take the next step")
+    await until(lambda: all_past(http, base + 2, a, b), "both replicas take the next step")
 
     await kubectl(*patch_data(weight="35", reason="hold at 35"))
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
 
 from aiohttp import WSMsgType, web
 
@@ -177,11 +180,36 @@ def upstream_app(up: Upstream) -> web.Application:
 StartProxy = Callable[..., Awaitable[Bgproxy]]
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+# Ports for servers a test starts later come from below the kernel's ephemeral range: a port bind(0) picked there
+# could be taken by an outgoing connection (a replica's to the API server, say) before the server binds it, which
+# CI saw as "Address already in use". None is handed out twice in a session.
+_PORTS: Final = range(10_000, _ephemeral_low())
+_handed_out: set[int] = set()
+_ports_rng: Final = random.Random()  # not the global one, which tests seed
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+    """A port on 127.0.0.1 that nothing is bound to now, for a server a test starts later."""
+    for _ in range(1000):
+        port = _ports_rng.choice(_PORTS) if len(_PORTS) > 1000 else 0
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            port = s.getsockname()[1]
+        _handed_out.add(port)
         return port
+    raise RuntimeError("no free port found on 127.0.0.1")
 
 
 class RawClient:

@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bgproxy import build
 from bgproxy.app import Bgproxy
 from bgproxy.release.analysis import INTERVAL
 from tests.support.replicas import measured
@@ -198,6 +199,12 @@ async def test_a_green_that_refuses_connections_is_taken_off_traffic(
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    not build.compiled(),
+    reason="pure build: the proxy, the upstreams and the load share this process's loop, and a stall of it (0.5 s in "
+    "CI) lands in green's young window above 1% of its requests, in blue's full one below: a false breach of the "
+    "test's making. The verdict is core code, the same in both builds; the compiled pass runs this.",
+)
 async def test_a_healthy_green_is_not_rolled_back_in_a_full_window(
     start_proxy: StartProxy, capsys: pytest.CaptureFixture[str]
 ) -> None:
